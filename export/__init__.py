@@ -1,0 +1,1 @@
+"""Export of trained STBP networks to Loihi fixed point: quantization, artifact, emulator."""

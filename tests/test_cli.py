@@ -1,0 +1,32 @@
+"""The `stbp` command line as a user calls it."""
+import subprocess
+import sys
+
+import yaml
+
+
+def stbp(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_train_cli_writes_checkpoint_and_prints_accuracy(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"name": "digits", "train_limit": 100, "test_limit": 50},
+        "encoding": {"time_steps": 4},
+        "model": {"layers": [{"type": "dense", "units": 10}]},
+        "training": {"epochs": 1, "device": "cpu"},
+    }))
+    out = stbp("train", "--config", str(config), "--output-dir", str(tmp_path / "out"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "test accuracy" in out.stdout
+    assert (tmp_path / "out" / "checkpoint.safetensors").is_file()
+    assert (tmp_path / "out" / "history.json").is_file()
+
+
+def test_train_cli_bad_config_exits_2_with_the_key(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  layers:\n    - {type: dense, units: 0}\n")
+    out = stbp("train", "--config", str(config))
+    assert out.returncode == 2
+    assert "bad.yaml" in out.stderr and "model.layers[0].units" in out.stderr

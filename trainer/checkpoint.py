@@ -1,0 +1,139 @@
+"""Checkpoints: safetensors files (tensors + string metadata) that cannot execute code.
+
+A checkpoint holds the run config, the model weights, the Adam state, the number of
+completed epochs, the per-epoch history and the versions that produced it. Training that
+resumes from it continues exactly as if it had not stopped (per-epoch random streams are
+derived from the seed and the epoch number, so no RNG state needs saving).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from trainer.config import ConfigError, RunConfig, config_from_dict
+from trainer.provenance import atomic_write, package_versions
+
+CHECKPOINT_FORMAT = "stbp-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not fit the requested run."""
+
+
+@dataclass
+class Checkpoint:
+    config: RunConfig
+    input_shape: tuple[int, ...]
+    num_classes: int
+    epochs_completed: int
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    versions: dict[str, str]
+    path: Path | None = None
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).clone()
+    return tensors
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
+    """Writes the checkpoint atomically (the previous file survives a crash mid-write)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in checkpoint.model_state.items()}
+    groups: list[dict] = []
+    if checkpoint.optimizer_state is not None:
+        tensors.update(
+            {k: v.cpu().contiguous() for k, v in _flatten_optimizer(checkpoint.optimizer_state).items()}
+        )
+        groups = checkpoint.optimizer_state["param_groups"]
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(CHECKPOINT_VERSION),
+        "config": json.dumps(checkpoint.config.to_dict()),
+        "input_shape": json.dumps(list(checkpoint.input_shape)),
+        "num_classes": str(checkpoint.num_classes),
+        "epochs_completed": str(checkpoint.epochs_completed),
+        "optimizer_param_groups": json.dumps(groups),
+        "history": json.dumps(checkpoint.history),
+        "versions": json.dumps(checkpoint.versions or package_versions()),
+    }
+    payload = save(tensors, metadata=metadata)
+    with atomic_write(path) as handle:
+        handle.write(payload)
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Reads and validates a checkpoint; every error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        metadata = _read_metadata(path)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an {CHECKPOINT_FORMAT} file (format={metadata.get('format')!r})")
+    if metadata.get("format_version") != str(CHECKPOINT_VERSION):
+        raise CheckpointError(
+            f"{path}: checkpoint format version {metadata.get('format_version')!r} is not "
+            f"supported (this program reads version {CHECKPOINT_VERSION})"
+        )
+    try:
+        config = config_from_dict(json.loads(metadata["config"]), f"{path} (embedded config)")
+        groups = json.loads(metadata["optimizer_param_groups"])
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+        return Checkpoint(
+            config=config,
+            input_shape=tuple(json.loads(metadata["input_shape"])),
+            num_classes=int(metadata["num_classes"]),
+            epochs_completed=int(metadata["epochs_completed"]),
+            model_state=model_state,
+            optimizer_state=_unflatten_optimizer(optimizer_tensors, groups) if groups else None,
+            history=json.loads(metadata["history"]),
+            versions=json.loads(metadata["versions"]),
+            path=path,
+        )
+    except (KeyError, json.JSONDecodeError, ConfigError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete or invalid: {exc}") from exc
+
+
+def build_model(checkpoint: Checkpoint):
+    """The SpikingNetwork of a checkpoint with its trained weights, in eval mode, on CPU."""
+    from trainer.network import SpikingNetwork
+
+    model = SpikingNetwork(checkpoint.config.model, checkpoint.input_shape)
+    try:
+        model.load_state_dict(checkpoint.model_state)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{checkpoint.path}: weights do not fit the model described by its config: {exc}"
+        ) from exc
+    return model.eval()

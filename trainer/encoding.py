@@ -1,0 +1,49 @@
+"""Input encoders: static images and event frames to spike tensors (batch, time, ...).
+
+Pure functions; the random source is always passed in, so every backend (PyTorch,
+emulator, Lava) can be fed the very same input spikes.
+"""
+from __future__ import annotations
+
+import torch
+
+ENCODINGS = ("bernoulli", "events")
+
+
+def bernoulli_encode(
+    images: torch.Tensor, time_steps: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Bernoulli rate coding (Wu et al. 2018, section 3.2).
+
+    images: (batch, ...) intensities in [0, 1], the spike probability per time step.
+    Returns (batch, time_steps, ...) of 0.0/1.0 in the images' dtype.
+    """
+    if time_steps < 1:
+        raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+    shape = (images.shape[0], time_steps, *images.shape[1:])
+    draws = torch.rand(shape, generator=generator, device=images.device, dtype=images.dtype)
+    return (draws < images.unsqueeze(1)).to(images.dtype)
+
+
+def passthrough_events(frames: torch.Tensor, time_steps: int) -> torch.Tensor:
+    """Event frames already binned to (batch, time, ...): clipped to spikes {0, 1}.
+
+    Several events of one pixel in one bin still make one spike, as on the chip.
+    """
+    if frames.shape[1] != time_steps:
+        raise ValueError(
+            f"event tensor has {frames.shape[1]} time bins but the model expects {time_steps}"
+        )
+    return (frames > 0).to(torch.float32)
+
+
+def encode(
+    kind: str, batch: torch.Tensor, time_steps: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Dispatches on the encoding name ('bernoulli' or 'events')."""
+    if kind == "bernoulli":
+        return bernoulli_encode(batch, time_steps, generator)
+    if kind == "events":
+        return passthrough_events(batch, time_steps)
+    raise ValueError(f"unknown encoding {kind!r}; choose one of {', '.join(ENCODINGS)}")
+

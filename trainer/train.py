@@ -1,0 +1,219 @@
+"""The STBP training loop: Adam on the paper's rate-MSE loss (or cross-entropy on counts).
+
+Deterministic under `config.seed`: each epoch's shuffling and input encoding come from
+random streams derived from (seed, epoch), so a run resumed from its end-of-epoch
+checkpoint continues exactly as the uninterrupted run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from trainer.config import RunConfig
+from trainer.data import Dataset, Split, load_dataset
+from trainer.encoding import encode
+from trainer.network import SpikingNetwork, predict
+from trainer.provenance import derive_seed, package_versions
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+EVAL_CHUNK = 1024
+_SHUFFLE_STREAM, _ENCODE_STREAM = 0, 1
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"training.device is {name!r} but no CUDA device is available")
+    return device
+
+
+def loss_fn(kind: str, output_spikes: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """'mse': paper eq. 9, 1/2 ||y - mean_t o[t]||^2 averaged over the batch.
+    'ce': cross-entropy of the output spike counts taken as logits."""
+    if kind == "mse":
+        target = F.one_hot(labels, num_classes).to(output_spikes.dtype)
+        return 0.5 * ((output_spikes.mean(dim=1) - target) ** 2).sum(dim=1).mean()
+    return F.cross_entropy(output_spikes.sum(dim=1), labels)
+
+
+def iter_encoded_batches(
+    kind: str, split: Split, time_steps: int, seed: int, chunk: int = EVAL_CHUNK
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The evaluation encoding: fixed seed and fixed chunking, in data order, on CPU.
+
+    Every consumer (trainer evaluation, emulator, Lava, fidelity harness) draws the test
+    spikes through this function, so all of them see identical spikes for a given seed.
+    Yields (sample slice, spikes (chunk, T, ...) float32 0/1).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(split.labels), chunk):
+        window = slice(start, min(start + chunk, len(split.labels)))
+        inputs = torch.from_numpy(np.ascontiguousarray(split.inputs[window])).float()
+        yield window, encode(kind, inputs, time_steps, generator)
+
+
+def encode_split(kind: str, split: Split, time_steps: int, seed: int) -> np.ndarray:
+    """All evaluation spikes of a split as uint8 (N, T, ...), see `iter_encoded_batches`."""
+    return np.concatenate(
+        [s.to(torch.uint8).numpy() for _, s in iter_encoded_batches(kind, split, time_steps, seed)]
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: SpikingNetwork, config: RunConfig, split: Split, device: torch.device,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Test accuracy and mean firing rate per layer on the fixed evaluation encoding."""
+    model.eval()
+    correct, rates = 0, np.zeros(len(model.layers))
+    for window, spikes in iter_encoded_batches(
+        config.encoding.kind, split, config.encoding.time_steps, config.training.eval_seed
+    ):
+        for start in range(0, len(spikes), batch_size):
+            batch = spikes[start : start + batch_size].to(device)
+            labels = torch.from_numpy(split.labels[window][start : start + batch_size]).to(device)
+            out = model(batch)
+            correct += int((predict(out.output_spikes) == labels).sum())
+            rates += np.array([float(s.sum()) / s[0].numel() for s in out.layer_spikes])
+    n = len(split.labels)
+    return {"accuracy": correct / n, "firing_rates": (rates / n).tolist()}
+
+
+@dataclass
+class TrainResult:
+    model: SpikingNetwork
+    history: list[dict[str, Any]]
+    checkpoint_path: Path
+    dataset: Dataset
+
+
+def _compatible_for_resume(saved: RunConfig, requested: RunConfig) -> list[str]:
+    """Keys whose change would make a resumed run differ from the uninterrupted one."""
+    a, b = saved.to_dict(), requested.to_dict()
+    for cfg in (a, b):
+        cfg["training"] = {k: v for k, v in cfg["training"].items() if k not in ("epochs", "device")}
+        cfg.pop("output_dir")
+    return [k for k in a if a[k] != b[k]]
+
+
+def train(
+    config: RunConfig,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Trains (or resumes) the run described by `config`; writes a checkpoint each epoch."""
+    device = select_device(config.training.device)
+    dataset = load_dataset(config.data.name, config.data.path)
+    dataset = dataclasses.replace(
+        dataset,
+        train=dataset.train.head(config.data.train_limit),
+        test=dataset.test.head(config.data.test_limit),
+    )
+    if config.model.layers[-1].units != dataset.num_classes:
+        raise ValueError(
+            f"the last layer has {config.model.layers[-1].units} units but dataset "
+            f"{dataset.name!r} has {dataset.num_classes} classes (model.layers[-1].units)"
+        )
+    if config.encoding.kind == "events" and dataset.train.inputs.ndim < 5:
+        raise ValueError(f"encoding.kind 'events' needs an event data set, {dataset.name!r} is static images")
+    if config.encoding.kind == "bernoulli" and dataset.train.inputs.ndim != 4:
+        raise ValueError(f"encoding.kind 'bernoulli' needs static images, {dataset.name!r} holds event frames")
+    input_shape = dataset.input_shape if config.encoding.kind == "bernoulli" else dataset.input_shape[1:]
+
+    torch.manual_seed(config.seed)
+    model = SpikingNetwork(config.model, input_shape, seed=config.seed).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume is not None:
+        saved = load_checkpoint(resume)
+        changed = _compatible_for_resume(saved.config, config)
+        if changed:
+            raise CheckpointError(
+                f"{resume}: cannot resume, the config differs in {', '.join(changed)} "
+                "(only training.epochs, training.device and output_dir may change)"
+            )
+        model.load_state_dict(saved.model_state)
+        if saved.optimizer_state is not None:
+            optimizer.load_state_dict(saved.optimizer_state)
+        start_epoch, history = saved.epochs_completed, saved.history
+        log(f"resuming from {resume} after epoch {start_epoch}")
+
+    out_dir = Path(config.output_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    train_inputs = torch.from_numpy(dataset.train.inputs).to(device)
+    train_labels = torch.from_numpy(dataset.train.labels).to(device)
+    n_train, batch_size = len(train_labels), config.training.batch_size
+    versions = package_versions()
+
+    for epoch in range(start_epoch, config.training.epochs):
+        model.train()
+        order = torch.randperm(
+            n_train, generator=torch.Generator().manual_seed(derive_seed(config.seed, epoch, _SHUFFLE_STREAM))
+        ).to(device)
+        encoder_rng = torch.Generator(device=device).manual_seed(
+            derive_seed(config.seed, epoch, _ENCODE_STREAM)
+        )
+        loss_sum, correct, rates = 0.0, 0, np.zeros(len(model.layers))
+        started = time.perf_counter()
+        batches = range(0, n_train, batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.training.epochs}", unit="batch",
+                   disable=not progress, leave=False)
+        for start in bar:
+            index = order[start : start + batch_size]
+            labels = train_labels[index]
+            spikes = encode(config.encoding.kind, train_inputs[index], config.encoding.time_steps, encoder_rng)
+            out = model(spikes)
+            loss = loss_fn(config.training.loss, out.output_spikes, labels, dataset.num_classes)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} in epoch {epoch + 1}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += float(loss) * len(index)
+                correct += int((predict(out.output_spikes) == labels).sum())
+                rates += np.array([float(s.sum()) / s[0].numel() for s in out.layer_spikes])
+            bar.set_postfix(loss=f"{loss_sum / min(start + batch_size, n_train):.4f}")
+        elapsed = time.perf_counter() - started
+        test = evaluate(model, config, dataset.test, device)
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / n_train,
+            "train_accuracy": correct / n_train,
+            "test_accuracy": test["accuracy"],
+            "train_firing_rates": (rates / n_train).tolist(),
+            "test_firing_rates": test["firing_rates"],
+            "train_samples_per_s": n_train / elapsed,
+        }
+        history.append(record)
+        save_checkpoint(
+            checkpoint_path,
+            Checkpoint(
+                config=config, input_shape=input_shape, num_classes=dataset.num_classes,
+                epochs_completed=epoch + 1,
+                model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                optimizer_state=optimizer.state_dict(), history=history, versions=versions,
+            ),
+        )
+        rates_text = " ".join(f"{r:.3f}" for r in record["test_firing_rates"])
+        log(
+            f"epoch {epoch + 1:3d}/{config.training.epochs}  loss {record['loss']:.4f}  "
+            f"train acc {100 * record['train_accuracy']:6.2f}%  "
+            f"test acc {100 * record['test_accuracy']:6.2f}%  "
+            f"firing rate/layer [{rates_text}]  {record['train_samples_per_s']:.0f} samples/s"
+        )
+    return TrainResult(model.cpu().eval(), history, checkpoint_path, dataset)
