@@ -49,6 +49,38 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="quantize a checkpoint to Loihi fixed point and write the ONNX artifact")
+    p.add_argument("checkpoint", help="trainer checkpoint (.safetensors)")
+    p.add_argument("--hw", default="loihi2", help="hardware config: a YAML path or a shipped name (loihi2, loihi1)")
+    p.add_argument("-o", "--output", required=True, help="artifact path (.onnx); the report goes beside it")
+    p.add_argument("--allow-clip", action="store_true",
+                   help="clip out-of-range weights/biases/decays with a warning instead of refusing")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    import warnings
+
+    from export.artifact import save_artifact
+    from export.hw_config import resolve_hardware_config
+    from export.quantize import QuantizationWarning, export_checkpoint
+    from trainer.provenance import atomic_write
+
+    hw = resolve_hardware_config(args.hw)
+    with warnings.catch_warnings():
+        # The notes are collected in the report and printed with it.
+        warnings.simplefilter("ignore", QuantizationWarning)
+        network, report = export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip)
+    save_artifact(network, args.output)
+    report_path = Path(f"{args.output}.report.json")
+    with atomic_write(report_path, "w") as handle:
+        json.dump(report.to_dict(), handle, indent=2)
+    print(report.format_table())
+    print(f"artifact: {args.output}\nreport:   {report_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stbp",
@@ -57,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_export(sub)
     return parser
 
 

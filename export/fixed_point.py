@@ -1,0 +1,92 @@
+"""Loihi's integer neuron and synapse arithmetic, defined once.
+
+This module is the single definition of the deployed dynamics. The exporter uses it to
+predict saturation and dead or always-on neurons, the emulator runs it (numpy on CPU,
+torch on a GPU), and the tests check it against hand-worked traces and against Lava
+0.10.0's bit-accurate models (lava/proc/lif/models.py `AbstractPyLifModelFixed`,
+lava/proc/dense/models.py `AbstractPyDenseModelBitAcc`, lava/utils/weightutils.py).
+
+Functions take an array namespace `xp` (numpy or torch); both provide the few functions
+used here under the same names. Integer arrays are int64 throughout, wide enough that no
+intermediate overflows before the explicit wrap/clip.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from export.hw_config import HardwareConfig
+
+
+@dataclass(frozen=True)
+class FixedLIFParameters:
+    """Integer LIF parameters of one layer, as handed to Lava's LIF process.
+
+    du, dv: 12-bit decay constants (0..4095); du = 4095 turns the current decay 'off' in the
+        sense that u takes each step's input only (4095 + du_offset = 4096 = full decay).
+    vth: unsigned threshold mantissa; the neuron spikes when v > vth << vth_shift.
+    bias_mant: per-neuron signed mantissa (int64 array), bias = bias_mant << bias_exp.
+    """
+
+    du: int
+    dv: int
+    vth: int
+    bias_mant: Any
+    bias_exp: int
+
+
+def truncate_toward_zero_shift(x, shift: int, xp=np):
+    """sign(x) * (|x| >> shift): Loihi's decay rounding (toward zero, not floor)."""
+    return xp.sign(x) * (xp.abs(x) >> shift)
+
+
+def decay(x, decay_constant: int, hw: HardwareConfig, xp=np):
+    """x * (2^12 - d) / 2^12 truncated toward zero, as Lava's fixed-point LIF does."""
+    return truncate_toward_zero_shift(x * (hw.decay_unity - decay_constant), hw.decay_bits, xp)
+
+
+def wrap_current(u, hw: HardwareConfig, xp=np):
+    """Lava's 24-bit wrap of the current u: values above +2^23 or at/below -2^23 wrap once."""
+    limit = hw.state_limit
+    wrapped = xp.where(u > limit, u - 2 * limit, u)
+    return xp.where(wrapped <= -limit, u + 2 * limit, wrapped)
+
+
+def effective_bias(params: FixedLIFParameters, xp=np):
+    return params.bias_mant << params.bias_exp
+
+
+def lif_fixed_step(activation, u, v, params: FixedLIFParameters, hw: HardwareConfig, xp=np):
+    """One time step of Loihi's LIF neuron on integer arrays (batch, neurons).
+
+    activation: synaptic input a[t] (int64) as delivered by the Dense process.
+    Returns (spikes bool, u, v); v is already reset to 0 where a spike occurred.
+    """
+    u = wrap_current(decay(u, params.du + hw.du_offset, hw, xp) + (activation << hw.activation_shift), hw, xp)
+    v_limit = hw.state_limit - 1
+    v = xp.clip(decay(v, params.dv + hw.dv_offset, hw, xp) + u + effective_bias(params, xp), -v_limit, v_limit)
+    spikes = v > (params.vth << hw.vth_shift)
+    v = xp.where(spikes, xp.zeros_like(v), v)
+    return spikes, u, v
+
+
+def effective_weights(weights: np.ndarray, sign_mode: str, num_weight_bits: int, hw: HardwareConfig) -> np.ndarray:
+    """The weights Lava's bit-accurate Dense actually uses: cast to int (truncating toward
+    zero), clipped to the sign mode's 8-bit range, then the low bits dropped by an arithmetic
+    shift (`clip_weights` then `truncate_weights` in lava/utils/weightutils.py)."""
+    w = np.asarray(weights).astype(np.int64)  # float -> int truncates toward zero, as LavaPyType does
+    inhibitory = sign_mode == "inhibitory"
+    if inhibitory:
+        w = -w
+    low = -(1 << hw.weight_bits) if sign_mode == "mixed" else 0
+    w = np.clip(w, low, (1 << hw.weight_bits) - 1)
+    dropped = hw.weight_bits - num_weight_bits + (1 if sign_mode == "mixed" else 0)
+    w = (w >> dropped) << dropped
+    return -w if inhibitory else w
+
+
+def shift_activation(accumulated, weight_exp: int):
+    """Dense's output scaling: a << weight_exp if weight_exp > 0, else a >> -weight_exp (floor)."""
+    return accumulated << weight_exp if weight_exp > 0 else accumulated >> -weight_exp

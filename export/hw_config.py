@@ -1,0 +1,168 @@
+"""Hardware descriptions (hw_configs/*.yaml): every limit the exporter, emulator and Lava
+mapping use, loaded into a typed, validated config. Nothing else in the code base holds
+these numbers."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SIGN_MODES = ("mixed", "excitatory", "inhibitory")
+
+
+class HardwareConfigError(ValueError):
+    """A hardware config file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Fixed-point limits of one chip generation (units: bits unless named otherwise).
+
+    Weights: a signed mantissa of `weight_bits` (+ sign in mixed mode); in mixed mode Lava
+    drops `8 - num_weight_bits + 1` least significant bits (arithmetic shift), so with 8 bits
+    the effective weights are even numbers in [-2^8, 2^8 - 2].
+    The synaptic sum is shifted by `weight_exp` (left if > 0, else arithmetic right).
+    Neuron: u[t] = wrap(decay(u, du + du_offset) + a << activation_shift)
+            v[t] = clip(decay(v, dv + dv_offset) + u + bias_mant << bias_exp)
+            spike when v > vth << vth_shift, then v = 0.
+    decay(x, d) = trunc_toward_zero(x * (2^decay_bits - d) / 2^decay_bits).
+    """
+
+    name: str
+    description: str
+    # synapses
+    weight_bits: int
+    num_weight_bits_max: int
+    weight_exp_min: int
+    weight_exp_max: int
+    activation_bits: int
+    # neuron parameters
+    bias_mant_bits: int
+    bias_exp_min: int
+    bias_exp_max: int
+    vth_bits: int
+    vth_shift: int
+    activation_shift: int
+    decay_bits: int
+    du_offset: int
+    dv_offset: int
+    state_bits: int
+    # resources
+    neurons_per_core: int
+    cores_per_chip: int
+    synaptic_memory_bits_per_core: int
+    fan_in_axons_per_core: int
+    fan_out_axons_per_core: int
+    source: str = ""
+
+    # ---- derived limits (one place for the arithmetic on bit widths)
+    @property
+    def decay_unity(self) -> int:
+        return 1 << self.decay_bits
+
+    @property
+    def decay_max(self) -> int:
+        return self.decay_unity - 1
+
+    @property
+    def bias_mant_max(self) -> int:
+        return (1 << (self.bias_mant_bits - 1)) - 1
+
+    @property
+    def bias_mant_min(self) -> int:
+        return -(1 << (self.bias_mant_bits - 1))
+
+    @property
+    def vth_max(self) -> int:
+        return (1 << self.vth_bits) - 1
+
+    @property
+    def state_limit(self) -> int:
+        """2^(state_bits - 1): u wraps beyond it, v saturates at +-(limit - 1)."""
+        return 1 << (self.state_bits - 1)
+
+    def weight_range(self, sign_mode: str, num_weight_bits: int | None = None) -> tuple[int, int, int]:
+        """(min, max, step) of the effective weights Lava keeps after clip and truncate."""
+        bits = self.weight_bits if num_weight_bits is None else num_weight_bits
+        truncated = self.weight_bits - bits + (1 if sign_mode == "mixed" else 0)
+        step = 1 << truncated
+        top = ((1 << self.weight_bits) - 1) >> truncated << truncated
+        if sign_mode == "mixed":
+            return -(1 << self.weight_bits), top, step
+        if sign_mode == "excitatory":
+            return 0, top, step
+        return -top, 0, step
+
+
+def _require_int(raw: dict, key: str, where: str) -> int:
+    if key not in raw:
+        raise HardwareConfigError(f"{where}: missing key '{key}'")
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HardwareConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+    return value
+
+
+def hardware_config_from_dict(raw: Any, where: str) -> HardwareConfig:
+    if not isinstance(raw, dict):
+        raise HardwareConfigError(f"{where}: expected a mapping at the top level")
+    fields = {f.name: f for f in dataclasses.fields(HardwareConfig)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise HardwareConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if f.type == "str":
+            if name not in raw and f.default is dataclasses.MISSING:
+                raise HardwareConfigError(f"{where}: missing key '{name}'")
+            values[name] = str(raw.get(name, f.default))
+        else:
+            values[name] = _require_int(raw, name, where)
+    cfg = HardwareConfig(**values)
+    positive = ("weight_bits", "num_weight_bits_max", "activation_bits", "bias_mant_bits", "vth_bits",
+                "decay_bits", "state_bits", "neurons_per_core", "cores_per_chip",
+                "synaptic_memory_bits_per_core", "fan_in_axons_per_core", "fan_out_axons_per_core")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise HardwareConfigError(f"{where}: '{name}' must be positive, got {getattr(cfg, name)}")
+    if cfg.weight_exp_min > cfg.weight_exp_max or cfg.bias_exp_min > cfg.bias_exp_max:
+        raise HardwareConfigError(f"{where}: an exponent range has min > max")
+    if cfg.bias_exp_min < 0:
+        raise HardwareConfigError(f"{where}: 'bias_exp_min' must be >= 0 (an unsigned exponent)")
+    if cfg.num_weight_bits_max > cfg.weight_bits:
+        raise HardwareConfigError(f"{where}: 'num_weight_bits_max' exceeds 'weight_bits'")
+    if cfg.du_offset not in (0, 1) or cfg.dv_offset not in (0, 1):
+        raise HardwareConfigError(f"{where}: decay offsets are 1-bit registers (0 or 1)")
+    return cfg
+
+
+def load_hardware_config(path: str | Path) -> HardwareConfig:
+    """Reads and validates a hw_configs/*.yaml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise HardwareConfigError(f"hardware config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise HardwareConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return hardware_config_from_dict(raw, str(path))
+
+
+HW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
+
+
+def resolve_hardware_config(name_or_path: str | Path) -> HardwareConfig:
+    """A path to a YAML file, or the name of a shipped config ('loihi2', 'loihi1')."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return load_hardware_config(candidate)
+    shipped = HW_CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return load_hardware_config(shipped)
+    raise HardwareConfigError(
+        f"hardware config {name_or_path!r} is neither a file nor one of: "
+        + ", ".join(p.stem for p in sorted(HW_CONFIG_DIR.glob("*.yaml")))
+    )
