@@ -81,6 +81,141 @@ def _cmd_export(args) -> int:
     return 0
 
 
+EXIT_GATE = 1
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run an exported artifact on Lava (or the emulator) over a test set")
+    p.add_argument("artifact", help="artifact written by `stbp export` (.onnx)")
+    p.add_argument("--backend", choices=["fixed_pt", "floating_pt", "emulator"], default="fixed_pt",
+                   help="Lava fixed_pt (bit-accurate), Lava floating_pt, or the bit-exact emulator")
+    p.add_argument("--data", help="data set: digits or mnist (default: the one the network was trained on)")
+    p.add_argument("--data-path", help="directory of the data files (mnist)")
+    p.add_argument("--limit", type=int, help="only the first N test samples")
+    p.add_argument("--shards", type=int, help="parallel Lava runtimes (default: one per core, one per 100 samples)")
+    p.add_argument("--save-spikes", metavar="NPZ", help="write the output spikes (samples, T, classes) here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    import time
+
+    import numpy as np
+
+    from export.artifact import load_artifact
+    from trainer.data import load_dataset
+    from trainer.provenance import atomic_write
+    from trainer.train import encode_split
+
+    network = load_artifact(args.artifact)
+    training_data = network.metadata.get("training_config", {}).get("data", {})
+    name = args.data or training_data.get("name")
+    if not name:
+        raise ValueError(f"{args.artifact} does not say which data set it was trained on; pass --data")
+    path = args.data_path or (training_data.get("path") if name == training_data.get("name") else None)
+    split = load_dataset(name, path).test.head(args.limit)
+    spikes = encode_split(network.encoding, split, network.time_steps, network.eval_seed)
+    started = time.perf_counter()
+    if args.backend == "emulator":
+        from export.emulator import emulate
+
+        output = emulate(network, spikes, progress=not args.no_progress).output_spikes
+        rate = len(spikes) / (time.perf_counter() - started)
+        detail = "emulator (numpy)"
+    else:
+        from lava_backend.runner import run_network
+
+        result = run_network(network, spikes, mode=args.backend, record="output", shards=args.shards,
+                             progress=not args.no_progress)
+        output, rate = result.output_spikes, result.samples_per_s
+        detail = f"Lava {args.backend}, {result.shards} runtime(s), {result.lava_steps} Lava steps"
+    predictions = output.sum(axis=1, dtype=np.int64).argmax(axis=1)
+    accuracy = float((predictions == split.labels).mean())
+    print(f"{detail}: accuracy {100 * accuracy:.2f}% on {len(split.labels)} {name} test samples, "
+          f"{rate:.1f} samples/s (T = {network.time_steps})")
+    if args.save_spikes:
+        with atomic_write(args.save_spikes) as handle:
+            np.savez_compressed(handle, output_spikes=output, predictions=predictions, labels=split.labels)
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="fidelity harness: trained model vs emulator vs Lava on the same inputs")
+    p.add_argument("checkpoint", help="trainer checkpoint (.safetensors)")
+    p.add_argument("artifact", help="the artifact exported from that checkpoint (.onnx)")
+    p.add_argument("--data-path", help="directory of the data files (default: the training config's)")
+    p.add_argument("--limit", type=int, help="only the first N test samples")
+    p.add_argument("--backends", default="trained,emulator,lava_fixed,lava_float",
+                   help="comma-separated subset of trained,emulator,lava_fixed,lava_float")
+    p.add_argument("--shards", type=int, help="parallel Lava runtimes")
+    p.add_argument("--json", help="write the full report here (default: beside the artifact)")
+    p.add_argument("--plot", help="write the raster/rate plot here (default: beside the artifact)")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="PP",
+                   help="fail (exit 1) if deployed accuracy is more than PP percentage points below trained")
+    p.add_argument("--require-bit-exact", action="store_true",
+                   help="fail (exit 1) unless the emulator and Lava fixed_pt agree on every spike")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_compare)
+
+
+def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: Path) -> int:
+    from lava_backend.fidelity import check_gates, plot_report, run_fidelity
+    from trainer.provenance import atomic_write
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    report, runs = run_fidelity(checkpoint, artifact, data_path=args.data_path, limit=args.limit,
+                                backends=backends, shards=args.shards, progress=not args.no_progress)
+    print(report.format_table())
+    with atomic_write(json_path, "w") as handle:
+        json.dump(report.to_dict(), handle, indent=2)
+    sample = plot_report(report, runs, plot_path)
+    print(f"\nreport: {json_path}\nplot:   {plot_path} (rasters of sample {sample})")
+    reason = check_gates(report, args.max_accuracy_drop, args.require_bit_exact)
+    if reason:
+        print(f"stbp {args.command}: FAILED: {reason}", file=sys.stderr)
+        return EXIT_GATE
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    artifact = Path(args.artifact)
+    json_path = Path(args.json) if args.json else artifact.with_suffix(".fidelity.json")
+    plot_path = Path(args.plot) if args.plot else artifact.with_suffix(".fidelity.png")
+    return _compare_and_report(args.checkpoint, artifact, args, json_path, plot_path)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded digits: train, export, Lava, compare")
+    p.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "digits_mlp.yaml"))
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--hw", default="loihi2", help="hardware config name or YAML path")
+    p.add_argument("--limit", type=int, help="compare on only the first N test samples")
+    p.add_argument("--shards", type=int, help="parallel Lava runtimes")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PP")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    out = Path(args.output_dir)
+    print(f"[1/3] training {args.config} -> {out}")
+    train_args = argparse.Namespace(config=args.config, epochs=args.epochs, device="cpu", seed=None,
+                                    output_dir=str(out), data_path=None, resume=None, no_progress=args.no_progress)
+    _cmd_train(train_args)
+    checkpoint = out / "checkpoint.safetensors"
+    artifact = out / "net.onnx"
+    print(f"\n[2/3] exporting for {args.hw} -> {artifact}")
+    _cmd_export(argparse.Namespace(checkpoint=str(checkpoint), hw=args.hw, output=str(artifact), allow_clip=False))
+    print("\n[3/3] trained model vs emulator vs Lava fixed_pt vs Lava floating_pt")
+    compare_args = argparse.Namespace(command="demo", data_path=None, limit=args.limit,
+                                      backends="trained,emulator,lava_fixed,lava_float", shards=args.shards,
+                                      max_accuracy_drop=args.max_accuracy_drop, require_bit_exact=True,
+                                      no_progress=args.no_progress)
+    return _compare_and_report(str(checkpoint), artifact, compare_args, out / "fidelity.json", out / "fidelity.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stbp",
@@ -90,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_export(sub)
+    _add_run(sub)
+    _add_compare(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -1,0 +1,279 @@
+"""The Lava backend (fixed_pt bit-exact with the emulator, floating_pt with the float model),
+its multi-sample alignment, runtime cleanup, and the fidelity harness and its gates."""
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lava", reason="the Lava backend needs lava-nc (Python 3.10, `pip install -e .[lava]`)")
+
+from export.artifact import ExportedLayer, ExportedNetwork, save_artifact  # noqa: E402
+from export.emulator import emulate  # noqa: E402
+from export.hw_config import resolve_hardware_config  # noqa: E402
+from export.quantize import FloatLayer, export_checkpoint, quantize_network  # noqa: E402
+from export.validate import ExportRangeError  # noqa: E402
+from lava_backend.fidelity import BackendRun, build_report, check_gates, compare_pair  # noqa: E402
+from lava_backend.runner import PipelineSchedule, run_network  # noqa: E402
+
+HW = resolve_hardware_config("loihi2")
+
+
+def integer_layer(name, weights, bias_mant, vth, dv, bias_exp=0, weight_exp=0, sign_mode="mixed", num_weight_bits=8):
+    weights = np.asarray(weights, dtype=np.int64)
+    return ExportedLayer(
+        name=name, weights=weights, weight_exp=weight_exp, num_weight_bits=num_weight_bits, sign_mode=sign_mode,
+        bias_mant=np.asarray(bias_mant, dtype=np.int64), bias_exp=bias_exp, vth=vth, du=4095, dv=dv, scale=1.0,
+        weight_float=weights.astype(np.float32), bias_float=np.zeros(len(weights), np.float32), tau=0.5,
+        v_threshold=1.0,
+    )
+
+
+def integer_network(layers, time_steps):
+    return ExportedNetwork(tuple(layers), (layers[0].in_features,), "bernoulli", time_steps, 0, HW)
+
+
+def random_integer_network(rng, sizes, time_steps, dv, vth, bias_exp=0, weight_exp=0, sign_mode="mixed", bits=8):
+    low, high, step = HW.weight_range(sign_mode, bits)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = rng.integers(low // step, high // step + 1, size=(n_out, n_in)) * step
+        w.flat[:2] = [low, high]  # weights at both clip limits
+        bias = rng.integers(-300, 300, size=n_out)
+        layers.append(integer_layer(f"l{i}", w, bias, vth, dv, bias_exp, weight_exp, sign_mode, bits))
+    return integer_network(layers, time_steps)
+
+
+def assert_bit_exact(network, spikes, **kwargs):
+    emulated = emulate(network, spikes)
+    lava = run_network(network, spikes, mode="fixed_pt", progress=False, **kwargs)
+    for index, expected in enumerate(emulated.layer_spikes):
+        np.testing.assert_array_equal(lava.layer_spikes[index], expected, err_msg=f"layer {index}")
+    return emulated, lava
+
+
+# --------------------------------------------------------------------------- alignment (pure)
+
+
+def test_schedule_offsets_and_rows_follow_one_step_of_delay_per_layer():
+    # Lava step 1 sends input row 0; layer l's LIF sees it at step l + 2 and its recorder
+    # (same step, no delay) stores it in row l + 1.
+    schedule = PipelineSchedule(samples=4, time_steps=5, num_layers=3)
+    assert [schedule.reset_offset(l) for l in range(3)] == [2, 3, 4]
+    assert [schedule.first_row(l) for l in range(3)] == [1, 2, 3]
+    assert schedule.total_steps == 4 * 5 + 3
+    assert [PipelineSchedule(1, 3, 4).reset_offset(l) for l in range(4)] == [2, 0, 1, 2]
+    rows = np.arange(schedule.total_steps)[:, None]
+    aligned = schedule.align(rows, layer=1)
+    assert aligned.shape == (4, 5, 1)
+    assert aligned[0, :, 0].tolist() == [2, 3, 4, 5, 6] and aligned[3, 4, 0] == 21
+
+
+# --------------------------------------------------------------------------- fixed_pt bit-exactness
+
+
+@pytest.mark.parametrize(
+    "sizes, time_steps, dv, vth, bias_exp, weight_exp, sign_mode, bits",
+    [
+        ((20, 16, 5), 6, 3277, 300, 0, 0, "mixed", 8),  # tau 0.2, the trainer's default
+        ((12, 10), 4, 0, 900, 2, 0, "mixed", 8),  # no leak, shifted bias
+        ((15, 12, 9, 4), 5, 4095, 150, 1, 1, "mixed", 6),  # 3 layers, full leak, 6-bit weights, weight_exp 1
+        ((10, 8, 3), 7, 1024, 200, 0, -1, "excitatory", 8),  # one-sign weights, weight_exp -1 (floor shift)
+        ((9, 6), 3, 2048, 50, 7, 0, "inhibitory", 8),  # inhibitory weights, bias-driven firing
+    ],
+)
+def test_lava_fixed_pt_matches_the_emulator_bit_for_bit(sizes, time_steps, dv, vth, bias_exp, weight_exp, sign_mode, bits):
+    rng = np.random.default_rng(sum(sizes) + time_steps)
+    network = random_integer_network(rng, sizes, time_steps, dv, vth, bias_exp, weight_exp, sign_mode, bits)
+    spikes = (rng.random((9, time_steps, sizes[0])) < 0.4).astype(np.uint8)
+    emulated, _ = assert_bit_exact(network, spikes)
+    assert sum(s.sum() for s in emulated.layer_spikes) > 0  # the case is not vacuous
+
+
+def test_lava_fixed_pt_and_emulator_agree_on_ties_at_threshold_and_saturation():
+    # vth = 4: one input of weight 4 gives v = 256 = 4 << 6 exactly, which must not fire;
+    # two give 512 and fire. A huge bias drives v into the 24-bit clip every step.
+    layer = integer_layer("tie", [[4, 0], [4, 4], [-256, 254]], [0, 0, 4095], vth=4, dv=0, bias_exp=7)
+    network = integer_network([layer], 4)
+    spikes = np.array([[[1, 0], [1, 0], [0, 1], [1, 1]]], dtype=np.uint8)
+    emulated, _ = assert_bit_exact(network, spikes)
+    # By hand: neuron 0 gets 256, 512 (fires), 0, 256 -> spikes only at step 1.
+    assert emulated.output_spikes[0, :, 0].tolist() == [0, 1, 0, 0]
+
+
+def test_lava_fixed_pt_matches_on_a_trained_network_and_floating_pt_matches_the_float_model(trained_digits):
+    import torch
+
+    from trainer.checkpoint import build_model, load_checkpoint
+    from trainer.data import load_dataset
+    from trainer.train import encode_split
+
+    checkpoint_path, _ = trained_digits
+    network, _ = export_checkpoint(checkpoint_path, HW)
+    test = load_dataset("digits").test.head(60)
+    spikes = encode_split(network.encoding, test, network.time_steps, network.eval_seed)
+    assert_bit_exact(network, spikes, shards=2)
+    lava_float = run_network(network, spikes, mode="floating_pt", progress=False)
+    with torch.no_grad():
+        trained = build_model(load_checkpoint(checkpoint_path))(torch.from_numpy(spikes).float())
+    for index, expected in enumerate(trained.layer_spikes):
+        agreement = (lava_float.layer_spikes[index] == expected.numpy().astype(np.uint8)).mean()
+        assert agreement > 0.999, f"layer {index}: {agreement}"
+    np.testing.assert_array_equal(lava_float.predictions, trained.output_spikes.sum(1).argmax(1).numpy())
+
+
+def test_a_wrong_reset_offset_breaks_bit_exactness():
+    rng = np.random.default_rng(4)
+    network = random_integer_network(rng, (12, 10, 6), 5, 1024, 200)
+    spikes = (rng.random((6, 5, 12)) < 0.5).astype(np.uint8)
+    assert_bit_exact(network, spikes, reset_offsets=[2, 3])  # the schedule's own offsets pass
+    for wrong in ([3, 3], [2, 4], [1, 2]):
+        with pytest.raises(AssertionError):
+            assert_bit_exact(network, spikes, reset_offsets=wrong)
+
+
+def test_shards_give_the_same_spikes_as_one_run():
+    rng = np.random.default_rng(5)
+    network = random_integer_network(rng, (10, 8, 4), 4, 3277, 100)
+    spikes = (rng.random((7, 4, 10)) < 0.5).astype(np.uint8)
+    one = run_network(network, spikes, shards=1, progress=False)
+    three = run_network(network, spikes, shards=3, progress=False)
+    assert three.shards == 3
+    for index in one.layer_spikes:
+        np.testing.assert_array_equal(one.layer_spikes[index], three.layer_spikes[index])
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def _lava_workers():
+    return [p for p in multiprocessing.active_children() if type(p).__name__ == "SystemProcess"]
+
+
+@pytest.mark.parametrize("exception", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_runtime_is_stopped_and_no_worker_is_left_after_an_exception(exception):
+    rng = np.random.default_rng(6)
+    network = random_integer_network(rng, (8, 6, 3), 4, 3277, 100)
+    spikes = (rng.random((20, 4, 8)) < 0.5).astype(np.uint8)
+
+    def fail(done, total):
+        if done < total:
+            raise exception
+
+    with pytest.raises(type(exception)):
+        run_network(network, spikes, progress=False, on_progress=fail, shards=2, updates=5)
+    assert _lava_workers() == []
+    # The next run works normally.
+    assert_bit_exact(network, spikes[:3])
+    assert _lava_workers() == []
+
+
+def test_non_integer_parameters_are_refused_before_lava_can_hang():
+    layer = integer_layer("bad", [[2]], [0], vth=10, dv=100)
+    network = integer_network([dataclass_replace(layer, vth=10.5)], 3)
+    with pytest.raises(ExportRangeError, match="vth must be an integer"):
+        run_network(network, np.zeros((1, 3, 1), np.uint8), progress=False)
+    with pytest.raises(ValueError, match="expected \\(samples >= 1, 3, 1\\)"):
+        run_network(integer_network([layer], 3), np.zeros((1, 4, 1), np.uint8), progress=False)
+    with pytest.raises(ValueError, match="unknown Lava mode"):
+        run_network(integer_network([layer], 3), np.zeros((1, 3, 1), np.uint8), mode="fixed", progress=False)
+
+
+def dataclass_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+# --------------------------------------------------------------------------- fidelity harness
+
+
+def _run(name, *layers):
+    return BackendRun(name, [np.asarray(layer, dtype=np.uint8) for layer in layers], 1.0)
+
+
+def test_pair_comparison_finds_the_first_divergence_by_hand():
+    # 2 samples, T = 3; layer 0 has 2 neurons, layer 1 has 2 (classes).
+    ref0 = [[[1, 0], [0, 1], [1, 1]], [[0, 0], [1, 0], [0, 0]]]
+    ref1 = [[[1, 0], [1, 0], [0, 0]], [[0, 1], [0, 1], [0, 0]]]
+    cand0 = [[[1, 0], [0, 1], [1, 1]], [[0, 0], [1, 0], [0, 1]]]  # sample 1 differs at step 2
+    cand1 = [[[1, 0], [1, 0], [0, 0]], [[0, 1], [1, 0], [1, 0]]]  # sample 1 differs at step 1
+    pair = compare_pair(_run("a", ref0, ref1), _run("b", cand0, cand1), False)
+    assert [layer.mismatched_spikes for layer in pair.layers] == [1, 3]
+    assert pair.layers[0].spike_train_match == pytest.approx(3 / 4)
+    assert pair.layers[1].spike_train_match == pytest.approx(2 / 4)
+    # The earliest difference of sample 1 is layer 1 at step 1 (before layer 0's at step 2).
+    assert [(d.sample, d.layer, d.time_step) for d in pair.first_divergence] == [(1, 1, 1)]
+    # Predictions: sample 1 counts (0, 2) vs (2, 1) -> class 1 vs class 0.
+    assert pair.prediction_changes == 1 and not pair.identical
+
+
+def test_gates_fail_with_a_one_line_reason():
+    same = [[[1, 0]], [[0, 1]]]
+    labels = np.array([0, 1])
+    good = build_report({"trained": _run("trained", same), "emulator": _run("emulator", same),
+                         "lava_fixed": _run("lava_fixed", same)}, labels, 1)
+    assert check_gates(good, max_accuracy_drop=0.0, require_bit_exact=True) is None
+    worse = [[[0, 1]], [[0, 1]]]  # sample 0 now predicted as class 1: accuracy 100% -> 50%
+    bad = build_report({"trained": _run("trained", same), "emulator": _run("emulator", same),
+                        "lava_fixed": _run("lava_fixed", worse)}, labels, 1)
+    reason = check_gates(bad, max_accuracy_drop=None, require_bit_exact=True)
+    assert "emulator and Lava fixed_pt differ (layer 0: 2 spikes in 1 samples)" in reason and "\n" not in reason
+    reason = check_gates(bad, max_accuracy_drop=10.0, require_bit_exact=False)
+    assert reason.startswith("deployed accuracy dropped 50.00 pp") and "\n" not in reason
+    assert check_gates(bad, max_accuracy_drop=60.0, require_bit_exact=False) is None
+    no_lava = build_report({"trained": _run("trained", same)}, labels, 1)
+    assert "bit-exactness is unproven" in check_gates(no_lava, None, True)
+
+
+def test_cli_compare_reports_and_gates(trained_digits, tmp_path, capsys):
+    import json
+
+    from trainer.cli import main
+
+    checkpoint_path, _ = trained_digits
+    artifact = tmp_path / "net.onnx"
+    assert main(["export", str(checkpoint_path), "-o", str(artifact)]) == 0
+    capsys.readouterr()
+    common = ["compare", str(checkpoint_path), str(artifact), "--limit", "40", "--no-progress",
+              "--json", str(tmp_path / "f.json"), "--plot", str(tmp_path / "f.png")]
+    assert main(common + ["--require-bit-exact", "--max-accuracy-drop", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "emulator == Lava fixed_pt: bit-exact on every layer and sample" in out
+    report = json.loads((tmp_path / "f.json").read_text())
+    assert report["bit_exact_emulator_vs_lava_fixed"] is True
+    assert set(report["accuracy"]) == {"trained", "emulator", "lava_fixed", "lava_float"}
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    # A gate that cannot hold (deployed must beat trained by 100 pp) fails with exit 1 and one line.
+    assert main(common + ["--backends", "trained,emulator", "--max-accuracy-drop", "-100"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FAILED: deployed accuracy dropped" in err[0]
+    from helpers import tiny_digits_config
+
+    from trainer.train import train
+
+    other = train(tiny_digits_config(tmp_path, epochs=1), progress=False).checkpoint_path
+    assert main(["compare", str(other), str(artifact), "--no-progress"]) == 2
+    assert "exported from a different checkpoint" in capsys.readouterr().err
+
+
+def test_cli_demo_runs_the_whole_pipeline_and_run_reports_accuracy(tmp_path, capsys):
+    from trainer.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(out), "--epochs", "2", "--limit", "30", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("[1/3] training", "[2/3] exporting", "[3/3]", "quantization report", "lava_fixed",
+                  "emulator == Lava fixed_pt: bit-exact on every layer and sample"):
+        assert stage in printed
+    assert all((out / name).is_file() for name in ("checkpoint.safetensors", "net.onnx", "fidelity.json", "fidelity.png"))
+    assert main(["run", str(out / "net.onnx"), "--limit", "25", "--no-progress",
+                 "--save-spikes", str(tmp_path / "spikes.npz")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("Lava fixed_pt") and "on 25 digits test samples" in line and "samples/s" in line
+    saved = np.load(tmp_path / "spikes.npz")
+    assert saved["output_spikes"].shape == (25, 16, 10)
+    assert main(["run", str(out / "net.onnx"), "--backend", "emulator", "--limit", "25", "--no-progress"]) == 0
+    assert "emulator (numpy): accuracy" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "missing.onnx")]) == 2
