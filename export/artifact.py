@@ -3,7 +3,9 @@
 Graph (per time step; opens in Netron, valid under `onnx.checker`):
 
     input_spikes (batch, *input_shape) uint8 -> Flatten -> Cast int64
-      -> per layer: MatMul(spikes, layer{i}.weights^T) -> LoihiDense scaling -> LoihiLIF -> spikes
+      -> per layer: MatMul(spikes, layer{i}.weights_t)     (dense)
+                    or LoihiConv(spikes, layer{i}.kernel)  (conv; avgpool folded in)
+                 -> LoihiDense scaling -> LoihiLIF -> spikes (flat, C order)
 
 `LoihiLIF` and `LoihiDense` live in the custom domain `ai.stbp_loihi`; their attributes
 hold the integer parameters (du, dv, vth, bias_exp, weight_exp, num_weight_bits,
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from export.conv import ConvGeometry, conv_matrix, validate_geometry
 from export.hw_config import HardwareConfig, HardwareConfigError, hardware_config_from_dict
 
 SCHEMA_NAME = "stbp-loihi-network"
@@ -41,13 +44,15 @@ class ArtifactError(ValueError):
 
 @dataclass(frozen=True)
 class ExportedLayer:
-    """One dense layer + LIF population in Loihi integer form, with its float origin.
+    """One synaptic layer + LIF population in Loihi integer form, with its float origin.
 
-    weights: (out, in) int64 weight mantissas handed to Lava's Dense (already within the
-        sign mode's range and on its grid, so Lava's clip/truncate leave them unchanged).
-    bias_mant: (out,) int64; bias in v units = bias_mant << bias_exp.
+    kind: 'dense' or 'conv' (an average pool before it is already folded in, see export.conv).
+    weights: int64 weight mantissas, dense (out, in) or conv (out_ch, in_ch, kh, kw), already
+        within the sign mode's range and on its grid, so Lava's clip/truncate keep them.
+    in_shape: conv only, the (C, H, W) input map; stride, padding: conv only.
+    bias_mant: (neurons,) int64, one per neuron; bias in v units = bias_mant << bias_exp.
     scale: weight units per potential unit of the trained network (w_int ~= w * scale).
-    weight_float, bias_float, tau, v_threshold: the trained float parameters.
+    weight_float, bias_float, tau, v_threshold: the trained float parameters (same shapes).
     """
 
     name: str
@@ -65,14 +70,33 @@ class ExportedLayer:
     bias_float: np.ndarray
     tau: float
     v_threshold: float
+    kind: str = "dense"
+    in_shape: tuple[int, ...] = ()
+    stride: int = 1
+    padding: int = 0
+
+    @property
+    def geometry(self) -> ConvGeometry:
+        return ConvGeometry(tuple(self.in_shape), tuple(self.weights.shape[2:]), self.stride, self.padding)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        if self.kind == "conv":
+            return self.geometry.out_shape(int(self.weights.shape[0]))
+        return (int(self.weights.shape[0]),)
 
     @property
     def in_features(self) -> int:
-        return int(self.weights.shape[1])
+        return int(np.prod(self.in_shape)) if self.kind == "conv" else int(self.weights.shape[1])
 
     @property
     def out_features(self) -> int:
-        return int(self.weights.shape[0])
+        return int(np.prod(self.out_shape))
+
+    def weight_matrix(self, float_weights: bool = False) -> np.ndarray:
+        """The synapses as a (out_features, in_features) matrix (a conv unrolled)."""
+        weights = self.weight_float if float_weights else self.weights
+        return conv_matrix(weights, self.geometry) if self.kind == "conv" else weights
 
 
 @dataclass(frozen=True)
@@ -105,15 +129,26 @@ def to_onnx(network: ExportedNetwork):
     initializers = []
     for i, layer in enumerate(network.layers):
         p = f"layer{i}"
+        if layer.kind == "conv":
+            weight_tensor = numpy_helper.from_array(layer.weights.astype(np.int64), f"{p}.kernel")
+            synapses = helper.make_node(
+                "LoihiConv", [f"layer_input_{i}", f"{p}.kernel"], [f"{p}.accumulated"], domain=DOMAIN,
+                name=f"{p}.conv", in_shape=list(layer.in_shape), strides=[layer.stride, layer.stride],
+                pads=[layer.padding] * 4, out_shape=list(layer.out_shape))
+        else:
+            weight_tensor = numpy_helper.from_array(np.ascontiguousarray(layer.weights.T.astype(np.int64)),
+                                                    f"{p}.weights_t")
+            synapses = helper.make_node("MatMul", [f"layer_input_{i}", f"{p}.weights_t"], [f"{p}.accumulated"],
+                                        name=f"{p}.matmul")
         initializers += [
-            numpy_helper.from_array(np.ascontiguousarray(layer.weights.T.astype(np.int64)), f"{p}.weights_t"),
+            weight_tensor,
             numpy_helper.from_array(layer.bias_mant.astype(np.int64), f"{p}.bias_mant"),
             numpy_helper.from_array(layer.weight_float.astype(np.float32), f"{p}.weight_float"),
             numpy_helper.from_array(layer.bias_float.astype(np.float32), f"{p}.bias_float"),
         ]
         out_name = OUTPUT_NAME if i == len(network.layers) - 1 else f"layer_input_{i + 1}"
         nodes += [
-            helper.make_node("MatMul", [f"layer_input_{i}", f"{p}.weights_t"], [f"{p}.accumulated"], name=f"{p}.matmul"),
+            synapses,
             helper.make_node(
                 "LoihiDense", [f"{p}.accumulated", f"{p}.weight_float"], [f"{p}.activation"],
                 domain=DOMAIN, name=f"{p}.dense", weight_exp=layer.weight_exp,
@@ -225,18 +260,39 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
             raise ArtifactError(f"{path}: {where}: tensor '{name}' has shape {value.shape}, expected {ndim} dimensions")
         return value
 
+    conv_nodes = {n.name: n for n in model.graph.node if n.op_type == "LoihiConv" and n.domain == DOMAIN}
     layers = []
     features = int(np.prod(input_shape))
     for i, (dense, lif) in enumerate(zip(dense_nodes, lif_nodes)):
         where = f"layer {i} ({lif.name})"
         p = f"layer{i}"
-        weights = tensor(f"{p}.weights_t", 2, where).T.astype(np.int64)
+        conv = conv_nodes.get(f"{p}.conv")
+        conv_fields: dict[str, Any] = {}
+        if conv is not None:
+            weights = tensor(f"{p}.kernel", 4, where).astype(np.int64)
+            weight_float = tensor(f"{p}.weight_float", 4, where)
+            in_shape = tuple(int(d) for d in _attr(conv, "in_shape", where))
+            strides, pads = list(_attr(conv, "strides", where)), list(_attr(conv, "pads", where))
+            if len(in_shape) != 3 or len(set(strides)) != 1 or len(set(pads)) != 1:
+                raise ArtifactError(f"{path}: {where}: conv needs a (C, H, W) in_shape and equal strides/pads")
+            geometry = ConvGeometry(in_shape, tuple(weights.shape[2:]), int(strides[0]), int(pads[0]))
+            try:
+                validate_geometry(geometry, where)
+            except ValueError as exc:
+                raise ArtifactError(f"{path}: {exc}") from exc
+            if in_shape[0] != weights.shape[1]:
+                raise ArtifactError(f"{path}: {where}: kernel takes {weights.shape[1]} channels, in_shape has {in_shape[0]}")
+            conv_fields = {"kind": "conv", "in_shape": in_shape, "stride": geometry.stride, "padding": geometry.padding}
+            in_features = int(np.prod(in_shape))
+            out_features = int(np.prod(geometry.out_shape(weights.shape[0])))
+        else:
+            weights = tensor(f"{p}.weights_t", 2, where).T.astype(np.int64)
+            weight_float = tensor(f"{p}.weight_float", 2, where)
+            in_features, out_features = weights.shape[1], weights.shape[0]
         bias_mant = tensor(f"{p}.bias_mant", 1, where).astype(np.int64)
-        weight_float = tensor(f"{p}.weight_float", 2, where)
         bias_float = tensor(f"{p}.bias_float", 1, where)
-        out_features = weights.shape[0]
-        if weights.shape[1] != features:
-            raise ArtifactError(f"{path}: {where}: weights take {weights.shape[1]} inputs, the previous layer gives {features}")
+        if in_features != features:
+            raise ArtifactError(f"{path}: {where}: weights take {in_features} inputs, the previous layer gives {features}")
         for name, value, shape in (("bias_mant", bias_mant, (out_features,)),
                                    ("weight_float", weight_float, weights.shape),
                                    ("bias_float", bias_float, (out_features,))):
@@ -250,7 +306,7 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
             du=_int_attr(lif, "du", where), dv=_int_attr(lif, "dv", where),
             scale=float(_attr(lif, "scale", where)), weight_float=weight_float.astype(np.float32),
             bias_float=bias_float.astype(np.float32), tau=float(_attr(lif, "tau", where)),
-            v_threshold=float(_attr(lif, "v_threshold", where)),
+            v_threshold=float(_attr(lif, "v_threshold", where)), **conv_fields,
         ))
         features = out_features
     known = {"schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed", "input_shape"}

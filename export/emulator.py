@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from export.artifact import ExportedLayer, ExportedNetwork
+from export.conv import conv_accumulate
 from export.fixed_point import FixedLIFParameters, effective_weights, lif_fixed_step, shift_activation
 
 FLOAT32_EXACT = 1 << 24
@@ -40,7 +41,7 @@ class EmulationResult:
 
 def _layer_constants(layer: ExportedLayer, network: ExportedNetwork):
     weights = effective_weights(layer.weights, layer.sign_mode, layer.num_weight_bits, network.hardware)
-    bound = int(np.abs(weights).sum(axis=1).max(initial=0))
+    bound = int(np.abs(weights).reshape(weights.shape[0], -1).sum(axis=1).max(initial=0))
     dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
     return weights, dtype
 
@@ -50,7 +51,11 @@ def _emulate_batch_numpy(network: ExportedNetwork, spikes: np.ndarray, constants
     x = spikes.reshape(batch, steps, -1)
     out = []
     for layer, (weights, dtype) in zip(network.layers, constants):
-        accumulated = np.rint(x.astype(dtype) @ weights.T.astype(dtype)).astype(np.int64)
+        if layer.kind == "conv":
+            sums = conv_accumulate(x.reshape(batch * steps, -1), weights, layer.geometry, dtype)
+            accumulated = np.rint(sums).astype(np.int64).reshape(batch, steps, -1)
+        else:
+            accumulated = np.rint(x.astype(dtype) @ weights.T.astype(dtype)).astype(np.int64)
         activation = shift_activation(accumulated, layer.weight_exp)
         params = FixedLIFParameters(layer.du, layer.dv, layer.vth, layer.bias_mant.astype(np.int64), layer.bias_exp)
         u = np.zeros((batch, layer.out_features), dtype=np.int64)
@@ -72,8 +77,14 @@ def _emulate_batch_torch(network: ExportedNetwork, spikes: np.ndarray, constants
     out = []
     for layer, (weights, dtype) in zip(network.layers, constants):
         tdtype = torch.float32 if dtype == np.float32 else torch.float64
-        w = torch.from_numpy(weights.T.copy()).to(device=device, dtype=tdtype)
-        accumulated = torch.round(x.to(tdtype) @ w).to(torch.int64)
+        if layer.kind == "conv":
+            kernel = torch.from_numpy(weights).to(device=device, dtype=tdtype)
+            maps = x.reshape(batch * steps, *layer.in_shape).to(tdtype)
+            sums = torch.nn.functional.conv2d(maps, kernel, stride=layer.stride, padding=layer.padding)
+            accumulated = torch.round(sums).to(torch.int64).reshape(batch, steps, -1)
+        else:
+            w = torch.from_numpy(weights.T.copy()).to(device=device, dtype=tdtype)
+            accumulated = torch.round(x.to(tdtype) @ w).to(torch.int64)
         activation = shift_activation(accumulated, layer.weight_exp)
         bias = torch.from_numpy(layer.bias_mant.astype(np.int64)).to(device)
         params = FixedLIFParameters(layer.du, layer.dv, layer.vth, bias, layer.bias_exp)

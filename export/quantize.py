@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from export.artifact import ExportedLayer, ExportedNetwork
+from export.conv import (ConvGeometry, conv_accumulate, fold_avgpool_into_conv, fold_avgpool_into_dense,
+                         validate_geometry)
 from export.fixed_point import FixedLIFParameters, lif_fixed_step, shift_activation
 from export.hw_config import HardwareConfig
 from export.validate import ExportRangeError, validate_network
@@ -41,13 +43,30 @@ class QuantizationWarning(UserWarning):
 
 @dataclass(frozen=True)
 class FloatLayer:
-    """The float parameters of one trained layer (see trainer.neuron for their meaning)."""
+    """The float parameters of one trained spiking layer (see trainer.neuron for their meaning).
+
+    weight: dense (out, in) or conv kernel (out_ch, in_ch, kh, kw), any preceding average
+        pool already folded in (export.conv); bias: (neurons,), one value per neuron.
+    geometry: conv only.
+    """
 
     name: str
-    weight: np.ndarray  # (out, in) float
-    bias: np.ndarray  # (out,) float
+    weight: np.ndarray
+    bias: np.ndarray
     tau: float
     v_threshold: float
+    kind: str = "dense"
+    geometry: ConvGeometry | None = None
+
+    @property
+    def in_features(self) -> int:
+        return int(np.prod(self.geometry.in_shape)) if self.kind == "conv" else int(np.asarray(self.weight).shape[1])
+
+    @property
+    def out_features(self) -> int:
+        if self.kind == "conv":
+            return int(np.prod(self.geometry.out_shape(np.asarray(self.weight).shape[0])))
+        return int(np.asarray(self.weight).shape[0])
 
 
 @dataclass(frozen=True)
@@ -133,7 +152,18 @@ def _fit_or_fail(name: str, count: int, message: str, allow_clip: bool, notes: l
     notes.append(text)
 
 
-def _firing_extremes(weights: np.ndarray, params: FixedLIFParameters, weight_exp: int,
+def input_extremes(weights: np.ndarray, kind: str, geometry: ConvGeometry | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron: sum of its positive weights and sum of its negative weights (the largest
+    and smallest synaptic sum one step can bring), padding taken into account for convs."""
+    positive, negative = np.where(weights > 0, weights, 0), np.where(weights < 0, weights, 0)
+    if kind == "conv":
+        ones = np.ones((1, int(np.prod(geometry.in_shape))))
+        return (np.rint(conv_accumulate(ones, positive, geometry)[0]).astype(np.int64),
+                np.rint(conv_accumulate(ones, negative, geometry)[0]).astype(np.int64))
+    return positive.sum(axis=1), negative.sum(axis=1)
+
+
+def _firing_extremes(largest_sum: np.ndarray, smallest_sum: np.ndarray, params: FixedLIFParameters, weight_exp: int,
                      time_steps: int, hw: HardwareConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per neuron: (can never fire, fires every step whatever the input), from the integer step.
 
@@ -143,8 +173,8 @@ def _firing_extremes(weights: np.ndarray, params: FixedLIFParameters, weight_exp
     negative-weight input spiking) that still crosses on step one crosses on every step,
     since v restarts from 0 after each spike.
     """
-    largest = shift_activation(np.where(weights > 0, weights, 0).sum(axis=1), weight_exp)
-    smallest = shift_activation(np.where(weights < 0, weights, 0).sum(axis=1), weight_exp)
+    largest = shift_activation(largest_sum, weight_exp)
+    smallest = shift_activation(smallest_sum, weight_exp)
     u = np.zeros_like(largest)
     v = np.zeros_like(largest)
     fired = np.zeros(largest.shape, dtype=bool)
@@ -163,8 +193,18 @@ def quantize_layer(layer: FloatLayer, hw: HardwareConfig, time_steps: int,
     for pname, value in (("weight", w), ("bias", b)):
         if not np.all(np.isfinite(value)):
             raise ExportRangeError(f"layer {layer.name}: parameter '{pname}' holds NaN or inf")
-    if w.ndim != 2 or b.shape != (w.shape[0],):
-        raise ExportRangeError(f"layer {layer.name}: weight {w.shape} and bias {b.shape} shapes do not match")
+    if layer.kind == "conv":
+        if w.ndim != 4 or layer.geometry is None or layer.geometry.in_shape[0] != w.shape[1]:
+            raise ExportRangeError(f"layer {layer.name}: conv kernel {w.shape} does not fit geometry {layer.geometry}")
+        try:
+            validate_geometry(layer.geometry, f"layer {layer.name}")
+        except ValueError as exc:
+            raise ExportRangeError(str(exc)) from exc
+    elif w.ndim != 2:
+        raise ExportRangeError(f"layer {layer.name}: dense weight must be 2-D, got shape {w.shape}")
+    if b.shape != (layer.out_features,):
+        raise ExportRangeError(f"layer {layer.name}: weight {w.shape} and bias {b.shape} shapes do not match "
+                               f"({layer.out_features} neurons)")
     for pname, value in (("tau", layer.tau), ("v_threshold", layer.v_threshold)):
         if not math.isfinite(value):
             raise ExportRangeError(f"layer {layer.name}: parameter '{pname}' is {value}")
@@ -216,11 +256,12 @@ def quantize_layer(layer: FloatLayer, hw: HardwareConfig, time_steps: int,
         bias_mant=bias_mant, bias_exp=bias_exp, vth=vth, du=du, dv=dv, scale=float(scale),
         weight_float=w.astype(np.float32), bias_float=b.astype(np.float32),
         tau=float(layer.tau), v_threshold=float(layer.v_threshold),
+        **({"kind": "conv", "in_shape": tuple(layer.geometry.in_shape), "stride": layer.geometry.stride,
+            "padding": layer.geometry.padding} if layer.kind == "conv" else {}),
     )
     params = FixedLIFParameters(du, dv, vth, bias_mant, bias_exp)
-    never, always = _firing_extremes(weights, params, 0, time_steps, hw)
-    largest_in = shift_activation(np.where(weights > 0, weights, 0).sum(axis=1), 0)
-    smallest_in = shift_activation(np.where(weights < 0, weights, 0).sum(axis=1), 0)
+    largest_in, smallest_in = input_extremes(weights, layer.kind, layer.geometry)
+    never, always = _firing_extremes(largest_in, smallest_in, params, 0, time_steps, hw)
     max_activation = int(max(largest_in.max(initial=0), -smallest_in.min(initial=0)))
     bias_eff = bias_mant << bias_exp
     tau_effective = (hw.decay_unity - dv - hw.dv_offset) / hw.decay_unity
@@ -239,9 +280,10 @@ def quantize_layer(layer: FloatLayer, hw: HardwareConfig, time_steps: int,
         current_may_wrap=max_activation * shift >= hw.state_limit,
         voltage_may_saturate=bool(np.any(np.abs(np.stack([largest_in, smallest_in])) * shift
                                          + np.abs(bias_eff) >= hw.state_limit - 1)),
-        never_fire=int(never.sum()), always_fire=int(always.sum()), neurons=int(w.shape[0]),
-        cores_needed=cores_needed(w.shape[1], w.shape[0], bits, hw),
-        fan_in_exceeds_core=w.shape[1] > hw.fan_in_axons_per_core,
+        never_fire=int(never.sum()), always_fire=int(always.sum()), neurons=layer.out_features,
+        cores_needed=cores_needed(w.size // w.shape[0] if layer.kind == "conv" else layer.in_features,
+                                  layer.out_features, bits, hw),
+        fan_in_exceeds_core=layer.in_features > hw.fan_in_axons_per_core,
     )
     return exported, report, notes
 
@@ -252,7 +294,7 @@ def quantize_network(float_layers: list[FloatLayer], input_shape: tuple[int, ...
     features = int(np.prod(input_shape))
     layers, reports, notes = [], [], []
     for layer in float_layers:
-        if np.asarray(layer.weight).ndim != 2 or np.asarray(layer.weight).shape[1] != features:
+        if layer.kind == "dense" and np.asarray(layer.weight).ndim != 2 or layer.in_features != features:
             raise ExportRangeError(f"layer {layer.name}: weight shape {np.asarray(layer.weight).shape} "
                                    f"does not take the previous layer's {features} outputs")
         exported, report, layer_notes = quantize_layer(layer, hw, time_steps, allow_clip)
@@ -263,7 +305,7 @@ def quantize_network(float_layers: list[FloatLayer], input_shape: tuple[int, ...
     total_cores = sum(r.cores_needed for r in reports)
     if total_cores > hw.cores_per_chip:
         notes.append(f"the network needs at least {total_cores} cores, more than one {hw.name} chip's {hw.cores_per_chip}")
-    notes += [f"layer {r.name}: fan-in {np.asarray(l.weight).shape[1]} exceeds the {hw.fan_in_axons_per_core} input "
+    notes += [f"layer {r.name}: fan-in {l.in_features} exceeds the {hw.fan_in_axons_per_core} input "
               f"axons of one core; the mapper must split it" for r, l in zip(reports, float_layers) if r.fan_in_exceeds_core]
     report = QuantizationReport(hw.name, tuple(reports), tuple(notes))
     network = ExportedNetwork(tuple(layers), tuple(input_shape), encoding, time_steps, eval_seed, hw,
@@ -273,20 +315,43 @@ def quantize_network(float_layers: list[FloatLayer], input_shape: tuple[int, ...
 
 
 def float_layers_from_checkpoint(checkpoint) -> list[FloatLayer]:
-    """The float parameters of a trainer checkpoint, layer by layer."""
-    from trainer.network import layer_lif_parameters
+    """The float parameters of a trainer checkpoint, one FloatLayer per spiking layer, with
+    each average pool folded into the layer after it (export.conv explains why that is exact)."""
+    from trainer.network import layer_lif_parameters, layer_shapes
 
     model = checkpoint.config.model
-    layers = []
-    for i, layer_config in enumerate(model.layers):
-        lif = layer_lif_parameters(layer_config, model)
-        state = checkpoint.model_state
+    state = checkpoint.model_state
+    shapes = layer_shapes(model, checkpoint.input_shape)
+    input_shape = tuple(checkpoint.input_shape)
+    spike_shape = (1, *input_shape) if len(input_shape) == 2 else input_shape  # shape of the previous spikes
+    pool = 1
+    layers: list[FloatLayer] = []
+    for i, (layer_config, shape) in enumerate(zip(model.layers, shapes)):
+        if layer_config.type == "avgpool":
+            pool = layer_config.kernel_size
+            continue
         try:
-            weight, bias = state[f"layers.{i}.weight"], state[f"layers.{i}.bias"]
+            weight = state[f"layers.{i}.weight"].double().numpy()
+            bias = state[f"layers.{i}.bias"].double().numpy()
         except KeyError as exc:
             raise ExportRangeError(f"layer {i}: checkpoint has no tensor {exc}") from exc
-        layers.append(FloatLayer(f"layer{i}", weight.double().numpy(), bias.double().numpy(),
-                                 lif.tau, lif.v_threshold))
+        lif = layer_lif_parameters(layer_config, model)
+        name = f"layer{len(layers)}"
+        if layer_config.type == "conv":
+            stride, padding = layer_config.stride, layer_config.padding
+            if pool > 1:
+                weight, stride, padding = fold_avgpool_into_conv(weight, stride, padding, pool)
+            geometry = ConvGeometry(tuple(spike_shape), tuple(weight.shape[2:]), stride, padding)
+            neurons_per_map = int(np.prod(shape[1:]))
+            layers.append(FloatLayer(name, weight, np.repeat(bias, neurons_per_map), lif.tau, lif.v_threshold,
+                                     "conv", geometry))
+        else:
+            if pool > 1:
+                c, h, w = spike_shape
+                weight = fold_avgpool_into_dense(weight, (c, h // pool, w // pool), pool)
+            layers.append(FloatLayer(name, weight, bias, lif.tau, lif.v_threshold))
+        pool = 1
+        spike_shape = shape
     return layers
 
 

@@ -14,6 +14,12 @@ and the run lasts samples * T + layers steps so the last sample leaves the pipel
 `PipelineSchedule` is this arithmetic, in one place; outputs are re-aligned to
 (samples, T, neurons), the emulator's zero-delay timing.
 
+Convolutions (with any average pool folded in by the exporter) are handed to Lava as a
+`Dense` with the conv unrolled into its (out, in) matrix (`ExportedLayer.weight_matrix`): the
+same bit-accurate Dense arithmetic that every layer uses, so the mapping is exact by
+construction, at the cost of storing every synapse (the quantization report's core count
+says what that means on a chip).
+
 Parameters. `fixed_pt` hands Lava the artifact's integers (weights, sign mode, weight_exp,
 du, dv, vth, bias_mant, bias_exp), validated first: a non-integer vth/du/dv makes a
 fixed-point run hang. `floating_pt` hands it the trained float parameters: du = 1 (u takes
@@ -133,7 +139,7 @@ def _lava_layer(layer: ExportedLayer, mode: str, time_steps: int, reset_offset: 
     neurons = layer.out_features
     if mode == "fixed_pt":
         dense = Dense(
-            weights=layer.weights.astype(np.int32), weight_exp=int(layer.weight_exp),
+            weights=layer.weight_matrix().astype(np.int32), weight_exp=int(layer.weight_exp),
             num_weight_bits=int(layer.num_weight_bits), sign_mode=SignMode[layer.sign_mode.upper()],
             name=f"{layer.name}.dense",
         )
@@ -143,7 +149,7 @@ def _lava_layer(layer: ExportedLayer, mode: str, time_steps: int, reset_offset: 
             reset_interval=time_steps, reset_offset=reset_offset, name=f"{layer.name}.lif",
         )
     else:
-        dense = Dense(weights=layer.weight_float.astype(np.float64), name=f"{layer.name}.dense")
+        dense = Dense(weights=layer.weight_matrix(float_weights=True).astype(np.float64), name=f"{layer.name}.dense")
         lif = LIFReset(
             shape=(neurons,), du=1.0, dv=1.0 - float(layer.tau),
             vth=float(np.nextafter(float(layer.v_threshold), -np.inf)),

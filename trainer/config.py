@@ -16,7 +16,8 @@ import yaml
 from trainer.encoding import ENCODINGS
 from trainer.surrogate import SURROGATE_NAMES
 
-LAYER_TYPES = ("dense",)
+LAYER_TYPES = ("dense", "conv", "avgpool")
+SPIKING_LAYER_TYPES = ("dense", "conv")
 DATASETS = ("digits", "mnist")
 LOSSES = ("mse", "ce")
 INITS = ("pytorch", "paper")
@@ -28,17 +29,28 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LayerConfig:
-    """One synaptic layer followed by LIF neurons.
+    """One layer of the feed-forward network.
 
-    type: 'dense' (Conv2d and AvgPool2d are added by the convolutional issue).
-    units: number of output neurons.
-    tau, v_threshold: per-layer overrides of the network-wide LIF constants.
+    type: 'dense' (fully connected synapses + LIF neurons; `units` neurons; its input is
+        flattened in C order), 'conv' (2-D convolution + LIF neurons; `channels` output
+        maps, square `kernel_size`, `stride`, zero `padding`), or 'avgpool' (average of
+        non-overlapping `kernel_size` x `kernel_size` windows of the previous conv layer's
+        spikes, no neurons: paper section 3.2.2; the exporter folds it into the next layer).
+    tau, v_threshold: per-layer overrides of the network-wide LIF constants (not for avgpool).
     """
 
     type: str
-    units: int
+    units: int | None = None
+    channels: int | None = None
+    kernel_size: int | None = None
+    stride: int = 1
+    padding: int = 0
     tau: float | None = None
     v_threshold: float | None = None
+
+    @property
+    def spiking(self) -> bool:
+        return self.type in SPIKING_LAYER_TYPES
 
 
 @dataclass(frozen=True)
@@ -160,14 +172,45 @@ def _layer(raw: Any, where: str) -> LayerConfig:
         raise ConfigError(f"{where}: expected a mapping like {{type: dense, units: 100}}")
     _check_keys(raw, {f.name for f in dataclasses.fields(LayerConfig)}, where)
     layer_type = _choice(_get(raw, "type", where, str, None, required=True), LAYER_TYPES, f"{where}.type")
+    needed = {"dense": {"units"}, "conv": {"channels", "kernel_size"}, "avgpool": {"kernel_size"}}[layer_type]
+    allowed = needed | {"type"} | ({"stride", "padding"} if layer_type == "conv" else set()) | (
+        {"tau", "v_threshold"} if layer_type != "avgpool" else set())
+    defaults = {"stride": 1, "padding": 0}
+    extra = sorted(k for k in set(raw) - allowed if raw[k] is not None and raw[k] != defaults.get(k))
+    if extra:
+        raise ConfigError(f"{where}: key(s) {', '.join(extra)} do not apply to a {layer_type} layer")
+    stride = _positive_int(_get(raw, "stride", where, int, 1), f"{where}.stride")
+    padding = _get(raw, "padding", where, int, 0)
+    if padding < 0:
+        raise ConfigError(f"{where}.padding: must be >= 0, got {padding}")
     return LayerConfig(
         type=layer_type,
-        units=_positive_int(_get(raw, "units", where, int, None, required=True), f"{where}.units"),
+        units=_positive_int(_get(raw, "units", where, int, None, required="units" in needed), f"{where}.units"),
+        channels=_positive_int(_get(raw, "channels", where, int, None, required="channels" in needed),
+                               f"{where}.channels"),
+        kernel_size=_positive_int(_get(raw, "kernel_size", where, int, None, required="kernel_size" in needed),
+                                  f"{where}.kernel_size"),
+        stride=stride,
+        padding=padding,
         tau=_tau(_get(raw, "tau", where, float, None), f"{where}.tau"),
         v_threshold=_finite_positive(
             _get(raw, "v_threshold", where, float, None), f"{where}.v_threshold"
         ),
     )
+
+
+def _check_layer_order(layers: tuple[LayerConfig, ...], where: str) -> None:
+    """avgpool only between a conv and a conv/dense; the network ends with a spiking layer."""
+    for i, layer in enumerate(layers):
+        if layer.type == "avgpool":
+            if i == 0 or layers[i - 1].type != "conv":
+                raise ConfigError(f"{where}[{i}]: avgpool must follow a conv layer")
+            if i == len(layers) - 1:
+                raise ConfigError(f"{where}[{i}]: avgpool cannot be the last layer (its output does not spike)")
+        if layer.type == "conv" and any(l.type == "dense" for l in layers[:i]):
+            raise ConfigError(f"{where}[{i}]: conv after a dense layer is not supported (dense flattens)")
+    if not layers[-1].spiking:
+        raise ConfigError(f"{where}[{len(layers) - 1}]: the last layer must be dense or conv")
 
 
 def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
@@ -183,8 +226,10 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
     layers_raw = m.get("layers")
     if not isinstance(layers_raw, list) or not layers_raw:
         raise ConfigError(f"{w}.layers: a non-empty list of layers is required")
+    layers = tuple(_layer(layer, f"{w}.layers[{i}]") for i, layer in enumerate(layers_raw))
+    _check_layer_order(layers, f"{w}.layers")
     model = ModelConfig(
-        layers=tuple(_layer(layer, f"{w}.layers[{i}]") for i, layer in enumerate(layers_raw)),
+        layers=layers,
         tau=_tau(_get(m, "tau", w, float, 0.2), f"{w}.tau"),
         v_threshold=_finite_positive(_get(m, "v_threshold", w, float, 0.5), f"{w}.v_threshold"),
         surrogate=_choice(_get(m, "surrogate", w, str, "h1"), SURROGATE_NAMES, f"{w}.surrogate"),

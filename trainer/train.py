@@ -77,7 +77,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test accuracy and mean firing rate per layer on the fixed evaluation encoding."""
     model.eval()
-    correct, rates = 0, np.zeros(len(model.layers))
+    correct, rates = 0, np.zeros(sum(layer.spiking for layer in config.model.layers))
     for window, spikes in iter_encoded_batches(
         config.encoding.kind, split, config.encoding.time_steps, config.training.eval_seed
     ):
@@ -122,9 +122,10 @@ def train(
         train=dataset.train.head(config.data.train_limit),
         test=dataset.test.head(config.data.test_limit),
     )
-    if config.model.layers[-1].units != dataset.num_classes:
+    last = config.model.layers[-1]
+    if last.type == "dense" and last.units != dataset.num_classes:
         raise ValueError(
-            f"the last layer has {config.model.layers[-1].units} units but dataset "
+            f"the last layer has {last.units} units but dataset "
             f"{dataset.name!r} has {dataset.num_classes} classes (model.layers[-1].units)"
         )
     if config.encoding.kind == "events" and dataset.train.inputs.ndim < 5:
@@ -135,6 +136,9 @@ def train(
 
     torch.manual_seed(config.seed)
     model = SpikingNetwork(config.model, input_shape, seed=config.seed).to(device)
+    if model.num_outputs != dataset.num_classes:
+        raise ValueError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
+                         f"has {dataset.num_classes} classes")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -167,7 +171,7 @@ def train(
         encoder_rng = torch.Generator(device=device).manual_seed(
             derive_seed(config.seed, epoch, _ENCODE_STREAM)
         )
-        loss_sum, correct, rates = 0.0, 0, np.zeros(len(model.layers))
+        loss_sum, correct, rates = 0.0, 0, np.zeros(sum(layer.spiking for layer in config.model.layers))
         started = time.perf_counter()
         batches = range(0, n_train, batch_size)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.training.epochs}", unit="batch",
