@@ -319,7 +319,7 @@ def run_fidelity(checkpoint_path, artifact_path, data_path: str | None = None, l
         raise FidelityError(f"backends must include 'trained' and come from trained, emulator, lava_fixed, "
                             f"lava_float; got {', '.join(backends)}")
     data = checkpoint.config.data
-    dataset = load_dataset(data.name, data_path or data.path)
+    dataset = load_dataset(data.name, data_path or data.path, network.time_steps)
     split = dataset.test.head(limit if limit is not None else data.test_limit)
     spikes = encode_split(network.encoding, split, network.time_steps, network.eval_seed)
 

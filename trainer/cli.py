@@ -114,7 +114,7 @@ def _cmd_run(args) -> int:
     if not name:
         raise ValueError(f"{args.artifact} does not say which data set it was trained on; pass --data")
     path = args.data_path or (training_data.get("path") if name == training_data.get("name") else None)
-    split = load_dataset(name, path).test.head(args.limit)
+    split = load_dataset(name, path, network.time_steps).test.head(args.limit)
     spikes = encode_split(network.encoding, split, network.time_steps, network.eval_seed)
     started = time.perf_counter()
     if args.backend == "emulator":

@@ -18,7 +18,7 @@ from trainer.surrogate import SURROGATE_NAMES
 
 LAYER_TYPES = ("dense", "conv", "avgpool")
 SPIKING_LAYER_TYPES = ("dense", "conv")
-DATASETS = ("digits", "mnist")
+DATASETS = ("digits", "mnist", "nmnist")
 LOSSES = ("mse", "ce")
 INITS = ("pytorch", "paper")
 
@@ -249,8 +249,8 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         train_limit=_positive_int(_get(d, "train_limit", w, int, None), f"{w}.train_limit"),
         test_limit=_positive_int(_get(d, "test_limit", w, int, None), f"{w}.test_limit"),
     )
-    if data.name == "mnist" and not data.path:
-        raise ConfigError(f"{w}.path: the mnist dataset needs the directory of its idx files")
+    if data.name in ("mnist", "nmnist") and not data.path:
+        raise ConfigError(f"{w}.path: the {data.name} dataset needs the directory of its files")
 
     e = _section(raw, "encoding", source)
     w = f"{source}: encoding"

@@ -142,10 +142,19 @@ def load_mnist_dataset(directory: str | Path) -> Dataset:
     )
 
 
-def load_dataset(name: str, path: str | None = None) -> Dataset:
-    """Loads a data set by config name from local files."""
+def load_dataset(name: str, path: str | None = None, time_steps: int | None = None) -> Dataset:
+    """Loads a data set by config name from local files. time_steps: the number of frames
+    event data (nmnist) is binned to; ignored for images."""
     if name == "digits":
         return load_digits_dataset()
+    if name == "nmnist":
+        from trainer.nmnist import load_nmnist_dataset
+
+        if not path:
+            raise DataError("the nmnist dataset needs a directory (data.path / --data-path) holding Train/")
+        if not time_steps:
+            raise DataError("the nmnist dataset needs the number of time bins (encoding.time_steps)")
+        return load_nmnist_dataset(path, time_steps)
     if name == "mnist":
         if not path:
             raise DataError("the mnist dataset needs a directory (data.path / --data-path)")

@@ -116,7 +116,7 @@ def train(
 ) -> TrainResult:
     """Trains (or resumes) the run described by `config`; writes a checkpoint each epoch."""
     device = select_device(config.training.device)
-    dataset = load_dataset(config.data.name, config.data.path)
+    dataset = load_dataset(config.data.name, config.data.path, config.encoding.time_steps)
     dataset = dataclasses.replace(
         dataset,
         train=dataset.train.head(config.data.train_limit),

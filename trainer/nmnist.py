@@ -1,0 +1,132 @@
+"""N-MNIST (Orchard et al. 2015) from a local folder in the original layout, through tonic.
+
+Layout: ROOT/Train/<digit>/<NNNNN>.bin (and ROOT/Test/... when present); each file holds
+40-bit events: x (8 bit), y (8 bit), polarity (1 bit) and a 23-bit timestamp in
+microseconds, with y = 240 marking a timestamp overflow. tonic reads the files
+(`tonic.datasets.NMNIST`, `tonic.io.read_mnist_file`); `bin_events` bins them into a
+fixed number of frames without losing an event; nothing is ever downloaded:
+tonic's own class would fetch the archive when it does not find all 60,000 files, so
+`LocalNMNIST` replaces its existence check and download with a plain folder check.
+
+`write_nmnist_file` writes the same format, for tests and for users' own recordings.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SENSOR_SIZE = (34, 34, 2)  # x, y, polarity
+NMNIST_SPLIT_SEED = 0
+NMNIST_TEST_FRACTION = 0.2
+
+
+def _tonic_nmnist():
+    from tonic.datasets import NMNIST
+
+    class LocalNMNIST(NMNIST):
+        """tonic's NMNIST reading `root/<Train|Test>/<digit>/*.bin`; never downloads."""
+
+        def __init__(self, root: str | Path, train: bool = True, **kwargs):
+            self._root = Path(root)
+            super().__init__(save_to=str(root), train=train, **kwargs)
+
+        @property
+        def location_on_system(self) -> str:
+            return str(self._root)
+
+        @location_on_system.setter
+        def location_on_system(self, _value) -> None:
+            pass  # tonic appends its class name to save_to; the user's folder is used as is
+
+        def _check_exists(self) -> bool:
+            return any((self._root / self.folder_name).glob("*/*.bin"))
+
+        def download(self) -> None:
+            from trainer.data import DataError
+
+            raise DataError(f"N-MNIST files not found in {self._root / self.folder_name} "
+                            "(expected <digit>/*.bin; nothing is downloaded)")
+
+    return LocalNMNIST
+
+
+def read_events(path: str | Path) -> np.ndarray:
+    """Events of one file as tonic's structured array (fields x, y, t [us], p)."""
+    from tonic.datasets import NMNIST
+    from tonic.io import read_mnist_file
+
+    return read_mnist_file(str(path), dtype=NMNIST.dtype)
+
+
+def bin_events(events: np.ndarray, time_steps: int) -> np.ndarray:
+    """Events -> (time_steps, 2, 34, 34) uint8 spike frames (T, polarity, y, x).
+
+    The recording's span [t_first, t_last] is cut into `time_steps` equal bins and a pixel
+    that saw at least one event of a polarity within a bin spikes once in that frame, as a
+    Loihi input axon carries one spike per step. Every event lands in a bin. (tonic's
+    `ToFrame(n_time_bins=T)` floors the bin width to whole microseconds and uses half-open
+    bins, so it silently drops the events at the last timestamp; hence this binning.)
+    """
+    frames = np.zeros((time_steps, 2, 34, 34), dtype=np.uint8)
+    if len(events) == 0:
+        return frames
+    t = events["t"].astype(np.int64)
+    span = int(t.max() - t.min()) + 1
+    bins = np.minimum((t - t.min()) * time_steps // span, time_steps - 1)
+    frames[bins, events["p"].astype(np.int64), events["y"].astype(np.int64), events["x"].astype(np.int64)] = 1
+    return frames
+
+
+def load_nmnist_split(root: str | Path, train: bool, time_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """All samples of ROOT/Train (train=True) or ROOT/Test as (frames (N, T, 2, 34, 34) uint8, labels)."""
+    dataset = _tonic_nmnist()(root, train=train)
+    frames = np.empty((len(dataset), time_steps, 2, 34, 34), dtype=np.uint8)
+    labels = np.empty(len(dataset), dtype=np.int64)
+    for i in range(len(dataset)):
+        events, label = dataset[i]
+        frames[i] = bin_events(events, time_steps)
+        labels[i] = label
+    return frames, labels
+
+
+def load_nmnist_dataset(root: str | Path, time_steps: int):
+    """N-MNIST binned to `time_steps` frames. With ROOT/Test present it is the test set;
+    otherwise ROOT/Train is split 80/20, stratified per digit with a fixed seed, so a subset
+    such as ../shared/data/nmnist (1,000 training recordings) gives a train and a test set."""
+    from trainer.data import Dataset, DataError, Split
+
+    root = Path(root)
+    if not (root / "Train").is_dir():
+        raise DataError(f"N-MNIST folder {root} has no Train/ subfolder (expected the original layout "
+                        "Train/<digit>/<NNNNN>.bin)")
+    frames, labels = load_nmnist_split(root, True, time_steps)
+    if len(labels) == 0:
+        raise DataError(f"no N-MNIST .bin files under {root / 'Train'}")
+    if (root / "Test").is_dir():
+        test_frames, test_labels = load_nmnist_split(root, False, time_steps)
+        train, test = Split(frames.astype(np.float32), labels), Split(test_frames.astype(np.float32), test_labels)
+    else:
+        rng = np.random.default_rng(NMNIST_SPLIT_SEED)
+        is_test = np.zeros(len(labels), dtype=bool)
+        for digit in np.unique(labels):
+            members = np.flatnonzero(labels == digit)
+            is_test[rng.permutation(members)[: round(len(members) * NMNIST_TEST_FRACTION)]] = True
+        frames = frames.astype(np.float32)
+        train, test = Split(frames[~is_test], labels[~is_test]), Split(frames[is_test], labels[is_test])
+    return Dataset(name="nmnist", train=train, test=test, num_classes=10)
+
+
+def write_nmnist_file(path: str | Path, x, y, polarity, timestamp_us) -> None:
+    """Writes events in N-MNIST's 40-bit format (timestamps below 2^23 us, ~8.4 s)."""
+    x, y, p, t = (np.asarray(a, dtype=np.int64) for a in (x, y, polarity, timestamp_us))
+    if len(x) and (x.max() > 255 or y.max() >= 240 or t.max() >= 1 << 23 or t.min() < 0):
+        raise ValueError("events out of range: x < 256, y < 240, 0 <= t < 2^23 us")
+    raw = np.empty((len(x), 5), dtype=np.uint8)
+    raw[:, 0] = x
+    raw[:, 1] = y
+    raw[:, 2] = (p.astype(np.uint8) << 7) | ((t >> 16) & 0x7F)
+    raw[:, 3] = (t >> 8) & 0xFF
+    raw[:, 4] = t & 0xFF
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(raw.tobytes())
