@@ -1,0 +1,123 @@
+"""Benchmark: one row of the paper-comparison table (Wu et al. 2018) - train, export,
+emulate, run on Lava - printed as JSON.
+
+    ./run python benchmarks/bench_paper.py --config configs/mnist_mlp.yaml --epochs 5
+    ./run python benchmarks/bench_paper.py --config configs/mnist_cnn.yaml --epochs 1 --lava-samples 1000
+    ./run python benchmarks/bench_paper.py --config configs/mnist_mlp.yaml --set model.layers=784-400-10 \
+        --set model.temporal_gradient=false --lava-samples 0       # SDBP (Table 7)
+    ./run python benchmarks/bench_paper.py --config configs/nmnist_mlp.yaml --lava-samples 199
+
+Trains with the config (and overrides), exports for loihi2, runs the emulator on the whole
+test set and Lava fixed_pt on the first --lava-samples test samples (0 skips Lava), all on
+the trainer's evaluation encoding, and prints float / emulator / Lava accuracies, per-epoch
+test accuracy, training throughput and wall times. Runs on CUDA when available.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from export.emulator import emulate
+from export.hw_config import resolve_hardware_config
+from export.quantize import export_checkpoint
+from trainer.config import config_from_dict, load_config
+from trainer.provenance import package_versions
+from trainer.train import encode_split, train
+
+
+def parse_override(text: str):
+    key, _, value = text.partition("=")
+    if key == "model.layers":  # "784-400-10" style shorthand for an MLP (the first number is the input)
+        return key, [{"type": "dense", "units": int(u)} for u in value.split("-")[1:]]
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. model.surrogate=h3 (repeatable)")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--lava-samples", type=int, default=1000)
+    parser.add_argument("--label", default="")
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue this run's checkpoint up to --epochs instead of training from scratch")
+    args = parser.parse_args()
+
+    raw = json.loads(json.dumps(load_config(args.config).to_dict()))  # tuples -> lists
+    overrides = dict(parse_override(s) for s in args.set)
+    if args.epochs:
+        overrides["training.epochs"] = args.epochs
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        target = raw
+        for part in filter(None, section.split(".")):
+            target = target[part]
+        target[name] = value
+    config = config_from_dict(raw, f"{args.config} (with --set)")
+
+    started = time.perf_counter()
+    result = train(config, resume=args.resume, progress=False)
+    train_wall = time.perf_counter() - started
+    network, report = export_checkpoint(result.checkpoint_path, resolve_hardware_config("loihi2"))
+    test = result.dataset.test
+    spikes = encode_split(network.encoding, test, network.time_steps, network.eval_seed)
+    t0 = time.perf_counter()
+    emulated = emulate(network, spikes, batch_size=100)
+    emulator_wall = time.perf_counter() - t0
+    row = {
+        "label": args.label, "config": args.config, "overrides": overrides,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "epochs": config.training.epochs, "time_steps": config.encoding.time_steps,
+        "test_samples": len(test.labels),
+        "float_test_accuracy_per_epoch": [round(h["test_accuracy"], 4) for h in result.history],
+        "float_test_accuracy": result.history[-1]["test_accuracy"],
+        "emulator_test_accuracy": float((emulated.predictions == test.labels).mean()),
+        "train_samples_per_s": round(float(np.mean([h["train_samples_per_s"] for h in result.history])), 1),
+        "train_wall_s_this_invocation": round(train_wall, 1), "resumed_from": args.resume, "emulator_wall_s": round(emulator_wall, 1),
+        "quantization_flags": {r.name: {"never_fire": r.never_fire, "always_fire": r.always_fire,
+                                        "activation_exceeds_16_bits": r.activation_exceeds_hw_bits}
+                               for r in report.layers},
+    }
+    if args.lava_samples:
+        from lava_backend.runner import run_network
+
+        n = min(args.lava_samples, len(test.labels))
+        lava = run_network(network, spikes[:n], mode="fixed_pt", record="all", progress=False)
+        exact = all(np.array_equal(lava.layer_spikes[i], emulated.layer_spikes[i][:n]) for i in lava.layer_spikes)
+        row.update({
+            "lava_samples": n,
+            "lava_fixed_accuracy": float((lava.predictions == test.labels[:n]).mean()),
+            "emulator_accuracy_on_lava_samples": float((emulated.predictions[:n] == test.labels[:n]).mean()),
+            "float_accuracy_on_lava_samples": None,
+            "lava_bit_exact_all_layers": exact,
+            "lava_samples_per_s": round(lava.samples_per_s, 1),
+        })
+        from trainer.checkpoint import build_model, load_checkpoint
+
+        model = build_model(load_checkpoint(result.checkpoint_path))
+        with torch.no_grad():
+            predictions = np.concatenate([model(torch.from_numpy(spikes[i:min(i + 100, n)]).float()).output_spikes.sum(1)
+                                          .argmax(1).numpy() for i in range(0, n, 100)])
+        row["float_accuracy_on_lava_samples"] = float((predictions == test.labels[:n]).mean())
+    row["versions"] = package_versions()
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
