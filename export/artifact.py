@@ -219,6 +219,54 @@ def _attr(node, name: str, where: str):
     raise ArtifactError(f"{where}: missing attribute '{name}'")
 
 
+def _read_layer(i: int, dense, lif, conv_nodes: dict, tensor, features: int, path: Path, where: str):
+    """One layer of the artifact: (ExportedLayer, its number of outputs)."""
+    p = f"layer{i}"
+    conv = conv_nodes.get(f"{p}.conv")
+    conv_fields: dict[str, Any] = {}
+    if conv is not None:
+        weights = tensor(f"{p}.kernel", 4, where, integer=True).astype(np.int64)
+        weight_float = tensor(f"{p}.weight_float", 4, where)
+        in_shape = tuple(int(d) for d in _attr(conv, "in_shape", where))
+        strides, pads = list(_attr(conv, "strides", where)), list(_attr(conv, "pads", where))
+        if len(in_shape) != 3 or len(set(strides)) != 1 or len(set(pads)) != 1:
+            raise ArtifactError(f"{path}: {where}: conv needs a (C, H, W) in_shape and equal strides/pads")
+        geometry = ConvGeometry(in_shape, tuple(weights.shape[2:]), int(strides[0]), int(pads[0]))
+        try:
+            validate_geometry(geometry, where)
+        except ValueError as exc:
+            raise ArtifactError(f"{path}: {exc}") from exc
+        if in_shape[0] != weights.shape[1]:
+            raise ArtifactError(f"{path}: {where}: kernel takes {weights.shape[1]} channels, in_shape has {in_shape[0]}")
+        conv_fields = {"kind": "conv", "in_shape": in_shape, "stride": geometry.stride, "padding": geometry.padding}
+        in_features = int(np.prod(in_shape))
+        out_features = int(np.prod(geometry.out_shape(weights.shape[0])))
+    else:
+        weights = tensor(f"{p}.weights_t", 2, where, integer=True).T.astype(np.int64)
+        weight_float = tensor(f"{p}.weight_float", 2, where)
+        in_features, out_features = weights.shape[1], weights.shape[0]
+    bias_mant = tensor(f"{p}.bias_mant", 1, where, integer=True).astype(np.int64)
+    bias_float = tensor(f"{p}.bias_float", 1, where)
+    if in_features != features:
+        raise ArtifactError(f"{path}: {where}: weights take {in_features} inputs, the previous layer gives {features}")
+    for name, value, shape in (("bias_mant", bias_mant, (out_features,)),
+                               ("weight_float", weight_float, weights.shape),
+                               ("bias_float", bias_float, (out_features,))):
+        if value.shape != shape:
+            raise ArtifactError(f"{path}: {where}: '{name}' has shape {value.shape}, expected {shape}")
+    layer = ExportedLayer(
+        name=lif.name, weights=weights, weight_exp=_int_attr(dense, "weight_exp", where),
+        num_weight_bits=_int_attr(dense, "num_weight_bits", where),
+        sign_mode=str(_attr(dense, "sign_mode", where)), bias_mant=bias_mant,
+        bias_exp=_int_attr(lif, "bias_exp", where), vth=_int_attr(lif, "vth", where),
+        du=_int_attr(lif, "du", where), dv=_int_attr(lif, "dv", where),
+        scale=float(_attr(lif, "scale", where)), weight_float=weight_float.astype(np.float32),
+        bias_float=bias_float.astype(np.float32), tau=float(_attr(lif, "tau", where)),
+        v_threshold=float(_attr(lif, "v_threshold", where)), **conv_fields,
+    )
+    return layer, out_features
+
+
 def load_artifact(path: str | Path) -> ExportedNetwork:
     """Reads and validates an artifact; every error names the file and the layer/tensor."""
     import onnx
@@ -246,16 +294,25 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
         hardware = hardware_config_from_dict(json.loads(meta["hw_config"]), f"{path} (embedded hw_config)")
     except (KeyError, ValueError, TypeError, HardwareConfigError) as exc:
         raise ArtifactError(f"{path}: metadata is incomplete or invalid: {exc}") from exc
-    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    tensors = {}
+    for initializer in model.graph.initializer:
+        try:
+            tensors[initializer.name] = numpy_helper.to_array(initializer)
+        except Exception as exc:  # wrong raw_data length, unknown data type, ...
+            raise ArtifactError(f"{path}: tensor '{initializer.name}' cannot be read ({exc})") from exc
     lif_nodes = [n for n in model.graph.node if n.op_type == "LoihiLIF" and n.domain == DOMAIN]
     dense_nodes = [n for n in model.graph.node if n.op_type == "LoihiDense" and n.domain == DOMAIN]
     if not lif_nodes or len(lif_nodes) != len(dense_nodes):
         raise ArtifactError(f"{path}: graph has {len(lif_nodes)} LoihiLIF and {len(dense_nodes)} LoihiDense nodes")
 
-    def tensor(name: str, ndim: int, where: str) -> np.ndarray:
+    def tensor(name: str, ndim: int, where: str, integer: bool = False) -> np.ndarray:
         if name not in tensors:
             raise ArtifactError(f"{path}: {where}: missing tensor '{name}'")
         value = tensors[name]
+        expected_kind = "iu" if integer else "f"
+        if value.dtype.kind not in expected_kind:
+            raise ArtifactError(f"{path}: {where}: tensor '{name}' has dtype {value.dtype}, expected "
+                                + ("integers" if integer else "floats"))
         if value.ndim != ndim:
             raise ArtifactError(f"{path}: {where}: tensor '{name}' has shape {value.shape}, expected {ndim} dimensions")
         return value
@@ -265,50 +322,12 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
     features = int(np.prod(input_shape))
     for i, (dense, lif) in enumerate(zip(dense_nodes, lif_nodes)):
         where = f"layer {i} ({lif.name})"
-        p = f"layer{i}"
-        conv = conv_nodes.get(f"{p}.conv")
-        conv_fields: dict[str, Any] = {}
-        if conv is not None:
-            weights = tensor(f"{p}.kernel", 4, where).astype(np.int64)
-            weight_float = tensor(f"{p}.weight_float", 4, where)
-            in_shape = tuple(int(d) for d in _attr(conv, "in_shape", where))
-            strides, pads = list(_attr(conv, "strides", where)), list(_attr(conv, "pads", where))
-            if len(in_shape) != 3 or len(set(strides)) != 1 or len(set(pads)) != 1:
-                raise ArtifactError(f"{path}: {where}: conv needs a (C, H, W) in_shape and equal strides/pads")
-            geometry = ConvGeometry(in_shape, tuple(weights.shape[2:]), int(strides[0]), int(pads[0]))
-            try:
-                validate_geometry(geometry, where)
-            except ValueError as exc:
-                raise ArtifactError(f"{path}: {exc}") from exc
-            if in_shape[0] != weights.shape[1]:
-                raise ArtifactError(f"{path}: {where}: kernel takes {weights.shape[1]} channels, in_shape has {in_shape[0]}")
-            conv_fields = {"kind": "conv", "in_shape": in_shape, "stride": geometry.stride, "padding": geometry.padding}
-            in_features = int(np.prod(in_shape))
-            out_features = int(np.prod(geometry.out_shape(weights.shape[0])))
-        else:
-            weights = tensor(f"{p}.weights_t", 2, where).T.astype(np.int64)
-            weight_float = tensor(f"{p}.weight_float", 2, where)
-            in_features, out_features = weights.shape[1], weights.shape[0]
-        bias_mant = tensor(f"{p}.bias_mant", 1, where).astype(np.int64)
-        bias_float = tensor(f"{p}.bias_float", 1, where)
-        if in_features != features:
-            raise ArtifactError(f"{path}: {where}: weights take {in_features} inputs, the previous layer gives {features}")
-        for name, value, shape in (("bias_mant", bias_mant, (out_features,)),
-                                   ("weight_float", weight_float, weights.shape),
-                                   ("bias_float", bias_float, (out_features,))):
-            if value.shape != shape:
-                raise ArtifactError(f"{path}: {where}: '{name}' has shape {value.shape}, expected {shape}")
-        layers.append(ExportedLayer(
-            name=lif.name, weights=weights, weight_exp=_int_attr(dense, "weight_exp", where),
-            num_weight_bits=_int_attr(dense, "num_weight_bits", where),
-            sign_mode=str(_attr(dense, "sign_mode", where)), bias_mant=bias_mant,
-            bias_exp=_int_attr(lif, "bias_exp", where), vth=_int_attr(lif, "vth", where),
-            du=_int_attr(lif, "du", where), dv=_int_attr(lif, "dv", where),
-            scale=float(_attr(lif, "scale", where)), weight_float=weight_float.astype(np.float32),
-            bias_float=bias_float.astype(np.float32), tau=float(_attr(lif, "tau", where)),
-            v_threshold=float(_attr(lif, "v_threshold", where)), **conv_fields,
-        ))
-        features = out_features
+        try:
+            layer, features = _read_layer(i, dense, lif, conv_nodes, tensor, features, path, where)
+        except (TypeError, ValueError) as exc:
+            message = str(exc) if isinstance(exc, ArtifactError) else f"{where}: malformed layer ({exc})"
+            raise ArtifactError(message if message.startswith(str(path)) else f"{path}: {message}") from exc
+        layers.append(layer)
     known = {"schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed", "input_shape"}
     extra = {}
     for key, value in meta.items():

@@ -111,6 +111,8 @@ def conv_matrix(kernel: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
         for j in range(ow):
             y0, x0 = i * geometry.stride - geometry.padding, j * geometry.stride - geometry.padding
             ys, xs = slice(max(0, y0), min(h, y0 + kh)), slice(max(0, x0), min(w, x0 + kw))
+            if ys.start >= ys.stop or xs.start >= xs.stop:
+                continue  # the window lies entirely in the zero padding
             ky = slice(ys.start - y0, ys.stop - y0)
             kx = slice(xs.start - x0, xs.stop - x0)
             matrix[:, i, j, :, ys, xs] = kernel[:, :, ky, kx]

@@ -109,6 +109,10 @@ def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "
     expected = (network.time_steps, *network.input_shape)
     if spikes.ndim < 2 or tuple(spikes.shape[1:]) != expected:
         raise ValueError(f"input spikes have shape {spikes.shape}; expected (samples, {', '.join(map(str, expected))})")
+    if len(spikes) == 0:
+        raise ValueError("no samples to emulate")
+    if np.any(spikes > 1) or np.any(spikes < 0):
+        raise ValueError("input spikes must be 0 or 1")
     if backend not in ("numpy", "torch"):
         raise ValueError(f"unknown emulator backend {backend!r}; choose 'numpy' or 'torch'")
     constants = [_layer_constants(layer, network) for layer in network.layers]

@@ -8,8 +8,9 @@ unit) and the hardware's activation shift A (= 6: v is in units of 2^-A weight u
     current    du = 2^12 - du_offset: u[t] = a[t] << A, STBP's instantaneous input
     voltage    dv = round(2^12 (1 - tau)) - dv_offset: v decays by (2^12 - dv)/2^12 ~ tau
     bias       bias_mant << bias_exp = round(b s 2^A), smallest exponent that fits
-    threshold  STBP fires when u >= Vth, Loihi when v > vth << A, i.e. v >= (vth << A) + 1;
-               vth = round(Vth s - 2^-A) puts that firing level nearest to Vth s 2^A.
+    threshold  STBP fires when u >= Vth, Loihi when v > vth << S (S = vth_shift = 6), i.e.
+               v >= (vth << S) + 1; vth = round((Vth s 2^A - 1) / 2^S) puts that firing level
+               nearest to Vth s 2^A (with A = S = 6: vth = round(Vth s - 2^-6)).
     reset      both reset v to 0 after a spike (STBP's factor (1 - o[t-1])).
 
 s = (largest weight magnitude of the sign mode) / max|W|, so the weights use the full
@@ -216,10 +217,11 @@ def quantize_layer(layer: FloatLayer, hw: HardwareConfig, time_steps: int,
     low, high, step = hw.weight_range(sign_mode, bits)
     capacity = min(high, -low) if sign_mode == "mixed" else max(high, -low)
     max_abs = float(np.abs(w).max()) if w.size else 0.0
-    shift = 1 << hw.activation_shift
+    shift = 1 << hw.activation_shift  # v units per weight unit
+    vth_unit = 1 << hw.vth_shift  # v units per vth unit
     scale = capacity / max_abs if max_abs > 0 else capacity / layer.v_threshold
     # Keep the threshold within vth's bits (only for thresholds far above the weights).
-    scale = min(scale, (hw.vth_max + 0.5) / layer.v_threshold)
+    scale = min(scale, (hw.vth_max + 0.5) * vth_unit / (layer.v_threshold * shift))
 
     levels = np.round(w * scale / step)
     clipped_w = np.clip(levels * step, low, high)
@@ -227,7 +229,8 @@ def quantize_layer(layer: FloatLayer, hw: HardwareConfig, time_steps: int,
                  f"{int(np.sum(clipped_w != levels * step))} weights outside [{low}, {high}]", allow_clip, notes)
     weights = clipped_w.astype(np.int64)
 
-    vth_exact = layer.v_threshold * scale - 1.0 / shift
+    # Loihi fires at v >= vth * vth_unit + 1; put that level nearest to Vth * scale * shift.
+    vth_exact = (layer.v_threshold * scale * shift - 1.0) / vth_unit
     vth = int(np.clip(round(vth_exact), 0, hw.vth_max))
 
     bias_v = b * scale * shift
@@ -273,7 +276,7 @@ def quantize_layer(layer: FloatLayer, hw: HardwareConfig, time_steps: int,
         weight_rms_error=float(np.sqrt(np.mean((weights / scale - w) ** 2))) if w.size else 0.0,
         bias_exp=bias_exp, bias_clipped=n_bias_clipped,
         bias_max_abs_error=float(np.abs(bias_eff / (scale * shift) - b).max(initial=0.0)),
-        vth=vth, threshold_error=float(((vth * shift) + 1) / (scale * shift) - layer.v_threshold),
+        vth=vth, threshold_error=float((vth * vth_unit + 1) / (scale * shift) - layer.v_threshold),
         dv=dv, tau_effective=tau_effective, tau_error=tau_effective - layer.tau,
         max_activation=max_activation,
         activation_exceeds_hw_bits=max_activation > (1 << (hw.activation_bits - 1)) - 1,

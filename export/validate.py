@@ -27,7 +27,9 @@ def validate_network(network, where: str = "network") -> None:
     """Raises ExportRangeError naming `where`, the layer and the parameter."""
     hw = network.hardware
     if network.time_steps < 1:
-        raise ExportRangeError(f"time_steps must be >= 1, got {network.time_steps}")
+        raise ExportRangeError(f"{where}: time_steps must be >= 1, got {network.time_steps}")
+    if not network.input_shape or any(d < 1 for d in network.input_shape):
+        raise ExportRangeError(f"{where}: input_shape must be positive dimensions, got {network.input_shape}")
     for i, layer in enumerate(network.layers):
         name = f"{where}: layer {i} ({layer.name})"
         if layer.sign_mode not in SIGN_MODES:
@@ -61,5 +63,9 @@ def validate_network(network, where: str = "network") -> None:
         for float_name in ("weight_float", "bias_float"):
             if not np.all(np.isfinite(getattr(layer, float_name))):
                 raise ExportRangeError(f"{name}: {float_name} holds NaN or inf")
+        if not (np.isfinite(layer.tau) and 0.0 <= layer.tau <= 1.0):
+            raise ExportRangeError(f"{name}: tau must lie in [0, 1], got {layer.tau}")
+        if not (np.isfinite(layer.v_threshold) and layer.v_threshold > 0):
+            raise ExportRangeError(f"{name}: v_threshold must be a finite positive number, got {layer.v_threshold}")
         if not (np.isfinite(layer.scale) and layer.scale > 0):
             raise ExportRangeError(f"{name}: scale must be a finite positive number, got {layer.scale}")

@@ -111,6 +111,8 @@ class FidelityReport:
                  f"{'backend':<12}{'accuracy':>10}{'samples/s':>12}"]
         for name, acc in self.accuracy.items():
             lines.append(f"{name:<12}{100 * acc:>9.2f}%{self.samples_per_s.get(name, math.nan):>12.1f}")
+        lines.append("(samples/s: trained and emulator count computation only; Lava counts its whole run, "
+                     "building and starting the runtime included)")
         lines.append("")
         lines.append("accuracy deltas: " + ", ".join(f"{k} {v:+.2f} pp" for k, v in self.deltas().items()))
         lines.append("")
@@ -198,18 +200,26 @@ def build_report(runs: dict[str, BackendRun], labels: np.ndarray, time_steps: in
                           pairs, metadata or {})
 
 
+def deployed_backend(names) -> str | None:
+    """The backend that stands for 'deployed': Lava fixed_pt, else the emulator, else Lava floating_pt."""
+    return next((name for name in ("lava_fixed", "emulator", "lava_float") if name in names), None)
+
+
 def check_gates(report: FidelityReport, max_accuracy_drop: float | None, require_bit_exact: bool) -> str | None:
     """The one-line reason a pipeline must fail, or None when every requested gate holds."""
     if require_bit_exact:
         pair = report.pair("emulator", "lava_fixed")
         if pair is None:
-            return "--require-bit-exact: Lava fixed_pt did not run, so bit-exactness is unproven"
+            missing = [name for name in ("emulator", "lava_fixed") if name not in report.accuracy]
+            return f"--require-bit-exact: {' and '.join(missing)} did not run, so bit-exactness is unproven"
         if not pair.identical:
             bad = [f"layer {l.layer}: {l.mismatched_spikes} spikes in {l.samples_diverging} samples"
                    for l in pair.layers if l.mismatched_spikes]
             return "emulator and Lava fixed_pt differ (" + "; ".join(bad) + ")"
     if max_accuracy_drop is not None:
-        deployed = "lava_fixed" if "lava_fixed" in report.accuracy else "emulator"
+        deployed = deployed_backend(report.accuracy)
+        if deployed is None:
+            return "--max-accuracy-drop: no deployed backend (emulator, lava_fixed or lava_float) ran"
         drop = 100.0 * (report.accuracy["trained"] - report.accuracy[deployed])
         if drop > max_accuracy_drop:
             return (f"deployed accuracy dropped {drop:.2f} pp (trained {100 * report.accuracy['trained']:.2f}% -> "
@@ -217,10 +227,12 @@ def check_gates(report: FidelityReport, max_accuracy_drop: float | None, require
     return None
 
 
-def plot_report(report: FidelityReport, runs: dict[str, BackendRun], path, sample: int | None = None) -> int:
+def plot_report(report: FidelityReport, runs: dict[str, BackendRun], path, sample: int | None = None) -> int | None:
     """Saves a PNG: spike rasters of the trained and the deployed network for one sample (the
     first whose output differs, else sample 0) and the per-layer mean rates of every backend.
-    Returns the sample shown."""
+    Returns the sample shown, or None (nothing written) when no deployed backend ran."""
+    if deployed_backend(runs) is None:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,7 +240,7 @@ def plot_report(report: FidelityReport, runs: dict[str, BackendRun], path, sampl
 
     from trainer.provenance import atomic_write
 
-    deployed = "lava_fixed" if "lava_fixed" in runs else "emulator"
+    deployed = deployed_backend(runs)
     if sample is None:
         changed = np.flatnonzero(runs["trained"].predictions != runs[deployed].predictions)
         sample = int(changed[0]) if len(changed) else 0
@@ -321,6 +333,8 @@ def run_fidelity(checkpoint_path, artifact_path, data_path: str | None = None, l
     data = checkpoint.config.data
     dataset = load_dataset(data.name, data_path or data.path, network.time_steps)
     split = dataset.test.head(limit if limit is not None else data.test_limit)
+    if len(split.labels) == 0:
+        raise FidelityError("no test samples to compare (check --limit and the data set)")
     spikes = encode_split(network.encoding, split, network.time_steps, network.eval_seed)
 
     runs: dict[str, BackendRun] = {"trained": trained_run(checkpoint, spikes)}

@@ -35,6 +35,7 @@ import math
 import multiprocessing
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,21 @@ from export.artifact import ExportedLayer, ExportedNetwork
 from export.validate import validate_network
 
 MODES = ("fixed_pt", "floating_pt")
+
+# Lava 0.10.0's bit-accurate LIF and Dense hard-code these (lava/proc/lif/models.py
+# AbstractPyLifModelFixed.__init__, lava/utils/weightutils.py clip_weights(num_bits=8)); a
+# hardware config that says otherwise describes arithmetic Lava does not run.
+LAVA_FIXED_CONSTANTS = {"vth_shift": 6, "activation_shift": 6, "decay_bits": 12, "du_offset": 1,
+                        "dv_offset": 0, "state_bits": 24, "weight_bits": 8}
+
+
+def check_lava_compatible(network: ExportedNetwork) -> None:
+    """Raises ValueError when the artifact's hardware config differs from Lava's constants."""
+    hw = network.hardware
+    differing = {k: (getattr(hw, k), v) for k, v in LAVA_FIXED_CONSTANTS.items() if getattr(hw, k) != v}
+    if differing:
+        raise ValueError(f"hardware config {hw.name!r} differs from what Lava 0.10.0's fixed-point models compute: "
+                         + ", ".join(f"{k} = {mine} (Lava: {lava})" for k, (mine, lava) in differing.items()))
 
 
 class LavaRunError(RuntimeError):
@@ -167,6 +183,9 @@ class _ShardGraph:
     run_cfg: object
     steps_done: int = 0
     started: bool = False
+    workers: list = field(default_factory=list)  # this runtime's worker processes
+    in_flight: bool = False  # a non-blocking run was started and not yet waited for
+    broken: bool = False  # a worker died: the runtime can no longer be stopped politely
 
     @property
     def steps_left(self) -> int:
@@ -200,10 +219,62 @@ def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record
     return _ShardGraph(io, paths, schedule, run_cfg)
 
 
+def _lava_workers() -> list:
+    return [p for p in multiprocessing.active_children() if type(p).__name__ == "SystemProcess"]
+
+
+def _wait_for(graphs: list[_ShardGraph], poll_s: float = 0.05) -> None:
+    """Waits for the in-flight runs of `graphs`, watching their workers.
+
+    Lava 0.10.0 does not notice a worker that dies mid-run (an exception in a process model,
+    an out-of-memory kill): the others block on its spikes and `wait()` never returns. The
+    waits run in threads while this loop checks every worker; a dead one ends the run with
+    LavaRunError instead of a hang.
+    """
+    errors: list[BaseException] = []
+
+    def wait(graph: _ShardGraph) -> None:
+        try:
+            graph.io.wait()
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait, args=(g,), daemon=True, name=f"wait-{g.io.name}") for g in graphs]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        for graph in graphs:
+            dead = [p for p in graph.workers if p.exitcode is not None]
+            if dead:
+                graph.broken = True
+                reported = dead[0].exception  # (exception, traceback) that Lava's SystemProcess sends back
+                cause = f": {reported[0]!r}\n{reported[1]}" if reported else ""
+                raise LavaRunError(f"a Lava worker process of {graph.io.name} ended during the run "
+                                   f"(pid {dead[0].pid}, exit code {dead[0].exitcode}){cause}")
+        next(t for t in threads if t.is_alive()).join(poll_s)
+    if errors:
+        raise errors[0]
+    for graph in graphs:
+        graph.in_flight = False
+
+
 def _stop(graphs: list[_ShardGraph], notes: list[str]) -> None:
+    """Stops every runtime: politely when it is idle, by terminating its workers when a run
+    is still in flight (Ctrl-C, an error elsewhere) or a worker died (stop() would wait forever)."""
     for graph in graphs:
         runtime = getattr(graph.io, "runtime", None)
         if runtime is None:
+            continue
+        if graph.broken or graph.in_flight:
+            for worker in graph.workers:
+                if worker.exitcode is None:
+                    worker.terminate()
+                multiprocessing.Process.join(worker, 5)  # SystemProcess.join() takes no timeout
+            try:
+                runtime._messaging_infrastructure.stop()  # Lava's shared-memory manager (private API)
+            except Exception as exc:
+                notes.append(f"releasing the shared memory of {graph.io.name} raised {exc!r}")
+            notes.append(f"{graph.io.name}: runtime terminated ({'a worker died' if graph.broken else 'run interrupted'})")
             continue
         try:
             graph.io.stop()
@@ -214,11 +285,10 @@ def _stop(graphs: list[_ShardGraph], notes: list[str]) -> None:
 
 def _terminate_leftover_workers(notes: list[str]) -> None:
     """Lava's workers are forked children of this process; none may outlive a run."""
-    for child in multiprocessing.active_children():
-        if type(child).__name__ == "SystemProcess":
-            child.terminate()
-            child.join(timeout=5)
-            notes.append(f"terminated a Lava worker that survived stop(): pid {child.pid}")
+    for child in _lava_workers():
+        child.terminate()
+        multiprocessing.Process.join(child, 5)
+        notes.append(f"terminated a Lava worker that survived stop(): pid {child.pid}")
 
 
 def run_network(
@@ -254,6 +324,10 @@ def run_network(
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     validate_network(network)  # a non-integer or out-of-range parameter would make fixed_pt hang
+    if mode == "fixed_pt":
+        check_lava_compatible(network)
+    if np.any(spikes > 1) or np.any(spikes < 0):
+        raise ValueError("input spikes must be 0 or 1 (Lava treats any non-zero value as a spike)")
     num_layers = len(network.layers)
     if record == "all":
         layers_to_record = list(range(num_layers))
@@ -297,9 +371,13 @@ def run_network(
                     t0 = time.perf_counter()
                     if first and pin:
                         os.sched_setaffinity(0, {cpus[graph_index % len(cpus)]})
+                    before = set(_lava_workers()) if first else set()
                     try:
+                        graph.in_flight = True
                         graph.io.run(condition=RunSteps(num_steps=steps, blocking=False), run_cfg=graph.run_cfg)
                     finally:
+                        if first:
+                            graph.workers = [p for p in _lava_workers() if p not in before]
                         if first and pin:
                             os.sched_setaffinity(0, cpus)
                     if first:
@@ -307,8 +385,7 @@ def run_network(
                     graph.started = True
                     graph.steps_done += steps
                     done += steps
-                for graph in active:
-                    graph.io.wait()
+                _wait_for(active)
                 if bar is not None:
                     bar.update(min(len(spikes), round(len(spikes) * done / total)) - bar.n)
                 if on_progress is not None:

@@ -13,7 +13,8 @@ from trainer.config import ConfigError, config_from_dict
 
 
 @pytest.mark.parametrize("in_shape, kernel, stride, padding", [
-    ((1, 8, 8), 3, 1, 1), ((3, 9, 7), 2, 2, 0), ((2, 6, 6), 5, 1, 2), ((4, 10, 10), 4, 3, 1)])
+    ((1, 8, 8), 3, 1, 1), ((3, 9, 7), 2, 2, 0), ((2, 6, 6), 5, 1, 2), ((4, 10, 10), 4, 3, 1), ((1, 5, 5), 1, 1, 2),
+    ((2, 4, 4), 3, 2, 4)])
 def test_conv_accumulate_and_matrix_equal_torch_conv2d(in_shape, kernel, stride, padding):
     rng = np.random.default_rng(0)
     k = rng.integers(-5, 6, size=(3, in_shape[0], kernel, kernel)).astype(np.float64)

@@ -218,6 +218,18 @@ def test_loader_rejects_every_kind_of_bad_file(tmp_path):
     with pytest.raises(ArtifactError, match="multiples of 2"):
         load_artifact(variant("odd", odd_weight))
 
+    def float_weights(model):
+        for i, t in enumerate(model.graph.initializer):
+            if t.name == "layer0.weights_t":
+                w = onnx.numpy_helper.to_array(t).astype(np.float32) + 0.5
+                model.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(w, t.name))
+    with pytest.raises(ArtifactError, match="'layer0.weights_t' has dtype float32, expected integers"):
+        load_artifact(variant("float_weights", float_weights))
+    with pytest.raises(ArtifactError, match="tau must lie in \\[0, 1\\], got nan"):
+        load_artifact(variant("tau", set_attr("LoihiLIF", "tau", float("nan"))))
+    with pytest.raises(ArtifactError, match="nan_tau.onnx|malformed|scale"):
+        load_artifact(variant("scale_list", set_attr("LoihiLIF", "scale", [1.0, 2.0])))
+
 
 def test_artifact_is_readable_and_runnable_without_torch(tmp_path):
     net, _ = small_network()

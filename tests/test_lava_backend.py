@@ -249,6 +249,13 @@ def test_cli_compare_reports_and_gates(trained_digits, tmp_path, capsys):
     assert main(common + ["--backends", "trained,emulator", "--max-accuracy-drop", "-100"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "FAILED: deployed accuracy dropped" in err[0]
+    # Subsets of backends: nothing to plot or gate must be said, not crash.
+    assert main(common + ["--backends", "trained"]) == 0
+    assert "plot:   none (no deployed backend ran)" in capsys.readouterr().out
+    assert main(common + ["--backends", "trained", "--max-accuracy-drop", "1"]) == 1
+    assert "no deployed backend" in capsys.readouterr().err
+    assert main(common + ["--backends", "trained,lava_float", "--require-bit-exact"]) == 1
+    assert "emulator and lava_fixed did not run" in capsys.readouterr().err
     from helpers import tiny_digits_config
 
     from trainer.train import train
@@ -277,3 +284,41 @@ def test_cli_demo_runs_the_whole_pipeline_and_run_reports_accuracy(tmp_path, cap
     assert main(["run", str(out / "net.onnx"), "--backend", "emulator", "--limit", "25", "--no-progress"]) == 0
     assert "emulator (numpy): accuracy" in capsys.readouterr().out
     assert main(["run", str(tmp_path / "missing.onnx")]) == 2
+
+
+def test_a_worker_that_dies_mid_run_ends_the_run_with_an_error_not_a_hang():
+    # Run in a subprocess with a timeout: before the fix, Lava waited forever.
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import REPO_ROOT
+
+    script = textwrap.dedent("""
+        import multiprocessing, numpy as np
+        import lava_backend.runner as runner
+        from lava_backend.spike_io import processes
+        from export.artifact import ExportedLayer, ExportedNetwork
+        from export.hw_config import resolve_hardware_config
+
+        original = processes.PySpikeIOModelBase.run_spk
+        def failing(self):
+            if self.time_step == 5:
+                raise OSError("disk full (injected)")
+            original(self)
+        processes.PySpikeIOModelBase.run_spk = failing  # inherited by the forked worker
+
+        w = np.array([[2, -2], [4, 0]], dtype=np.int64)
+        layer = ExportedLayer("l0", w, 0, 8, "mixed", np.zeros(2, np.int64), 0, 1, 4095, 0, 1.0,
+                              w.astype(np.float32), np.zeros(2, np.float32), 0.5, 1.0)
+        net = ExportedNetwork((layer,), (2,), "bernoulli", 3, 0, resolve_hardware_config("loihi2"))
+        try:
+            runner.run_network(net, np.ones((4, 3, 2), np.uint8), progress=False, shards=1, updates=10)
+        except runner.LavaRunError as exc:
+            print("LavaRunError:", exc)
+        left = [p for p in multiprocessing.active_children() if type(p).__name__ == "SystemProcess"]
+        print("workers left:", len(left))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert "LavaRunError: a Lava worker process of shard0.io ended during the run" in result.stdout, result.stderr[-2000:]
+    assert "workers left: 0" in result.stdout

@@ -9,6 +9,13 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train an STBP network from a YAML run config")
     p.add_argument("--config", required=True, help="YAML run config (see configs/)")
@@ -91,8 +98,8 @@ def _add_run(sub) -> None:
                    help="Lava fixed_pt (bit-accurate), Lava floating_pt, or the bit-exact emulator")
     p.add_argument("--data", help="data set: digits or mnist (default: the one the network was trained on)")
     p.add_argument("--data-path", help="directory of the data files (mnist)")
-    p.add_argument("--limit", type=int, help="only the first N test samples")
-    p.add_argument("--shards", type=int, help="parallel Lava runtimes (default: one per core, one per 100 samples)")
+    p.add_argument("--limit", type=_positive_int, help="only the first N test samples")
+    p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes (default: one per core, one per 100 samples)")
     p.add_argument("--save-spikes", metavar="NPZ", help="write the output spikes (samples, T, classes) here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_run)
@@ -129,7 +136,8 @@ def _cmd_run(args) -> int:
         result = run_network(network, spikes, mode=args.backend, record="output", shards=args.shards,
                              progress=not args.no_progress)
         output, rate = result.output_spikes, result.samples_per_s
-        detail = f"Lava {args.backend}, {result.shards} runtime(s), {result.lava_steps} Lava steps"
+        detail = (f"Lava {args.backend}, {result.shards} runtime(s), {result.lava_steps} Lava steps, "
+                  f"{result.wall_s:.1f} s including {result.setup_s:.1f} s to build and start Lava")
     predictions = output.sum(axis=1, dtype=np.int64).argmax(axis=1)
     accuracy = float((predictions == split.labels).mean())
     print(f"{detail}: accuracy {100 * accuracy:.2f}% on {len(split.labels)} {name} test samples, "
@@ -145,10 +153,10 @@ def _add_compare(sub) -> None:
     p.add_argument("checkpoint", help="trainer checkpoint (.safetensors)")
     p.add_argument("artifact", help="the artifact exported from that checkpoint (.onnx)")
     p.add_argument("--data-path", help="directory of the data files (default: the training config's)")
-    p.add_argument("--limit", type=int, help="only the first N test samples")
+    p.add_argument("--limit", type=_positive_int, help="only the first N test samples")
     p.add_argument("--backends", default="trained,emulator,lava_fixed,lava_float",
                    help="comma-separated subset of trained,emulator,lava_fixed,lava_float")
-    p.add_argument("--shards", type=int, help="parallel Lava runtimes")
+    p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes")
     p.add_argument("--json", help="write the full report here (default: beside the artifact)")
     p.add_argument("--plot", help="write the raster/rate plot here (default: beside the artifact)")
     p.add_argument("--max-accuracy-drop", type=float, metavar="PP",
@@ -170,7 +178,8 @@ def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: 
     with atomic_write(json_path, "w") as handle:
         json.dump(report.to_dict(), handle, indent=2)
     sample = plot_report(report, runs, plot_path)
-    print(f"\nreport: {json_path}\nplot:   {plot_path} (rasters of sample {sample})")
+    plotted = f"{plot_path} (rasters of sample {sample})" if sample is not None else "none (no deployed backend ran)"
+    print(f"\nreport: {json_path}\nplot:   {plotted}")
     reason = check_gates(report, args.max_accuracy_drop, args.require_bit_exact)
     if reason:
         print(f"stbp {args.command}: FAILED: {reason}", file=sys.stderr)
@@ -191,8 +200,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--hw", default="loihi2", help="hardware config name or YAML path")
-    p.add_argument("--limit", type=int, help="compare on only the first N test samples")
-    p.add_argument("--shards", type=int, help="parallel Lava runtimes")
+    p.add_argument("--limit", type=_positive_int, help="compare on only the first N test samples")
+    p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PP")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_demo)
