@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -242,7 +243,10 @@ def _wait_for(graphs: list[_ShardGraph], poll_s: float = 0.05) -> None:
     threads = [threading.Thread(target=wait, args=(g,), daemon=True, name=f"wait-{g.io.name}") for g in graphs]
     for thread in threads:
         thread.start()
-    while any(thread.is_alive() for thread in threads):
+    while True:
+        alive = [thread for thread in threads if thread.is_alive()]
+        if not alive:
+            break
         for graph in graphs:
             dead = [p for p in graph.workers if p.exitcode is not None]
             if dead:
@@ -251,7 +255,7 @@ def _wait_for(graphs: list[_ShardGraph], poll_s: float = 0.05) -> None:
                 cause = f": {reported[0]!r}\n{reported[1]}" if reported else ""
                 raise LavaRunError(f"a Lava worker process of {graph.io.name} ended during the run "
                                    f"(pid {dead[0].pid}, exit code {dead[0].exitcode}){cause}")
-        next(t for t in threads if t.is_alive()).join(poll_s)
+        alive[0].join(poll_s)  # returns at once if it has just finished
     if errors:
         raise errors[0]
     for graph in graphs:
@@ -372,10 +376,16 @@ def run_network(
                     if first and pin:
                         os.sched_setaffinity(0, {cpus[graph_index % len(cpus)]})
                     before = set(_lava_workers()) if first else set()
+                    # Workers forked with SIGINT ignored: Ctrl-C reaches only this process,
+                    # which then stops them, instead of every worker dying mid-message.
+                    quiet = first and threading.current_thread() is threading.main_thread()
+                    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if quiet else None
                     try:
                         graph.in_flight = True
                         graph.io.run(condition=RunSteps(num_steps=steps, blocking=False), run_cfg=graph.run_cfg)
                     finally:
+                        if quiet:
+                            signal.signal(signal.SIGINT, previous_handler)
                         if first:
                             graph.workers = [p for p in _lava_workers() if p not in before]
                         if first and pin:

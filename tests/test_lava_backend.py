@@ -322,3 +322,52 @@ def test_a_worker_that_dies_mid_run_ends_the_run_with_an_error_not_a_hang():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert "LavaRunError: a Lava worker process of shard0.io ended during the run" in result.stdout, result.stderr[-2000:]
     assert "workers left: 0" in result.stdout
+
+
+def test_ctrl_c_during_a_run_stops_every_lava_process(tmp_path):
+    # Ctrl-C in a terminal sends SIGINT to the whole process group, workers included.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from conftest import REPO_ROOT
+
+    script = tmp_path / "long_run.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, numpy as np
+        import lava_backend.runner as runner
+        from export.artifact import ExportedLayer, ExportedNetwork
+        from export.hw_config import resolve_hardware_config
+        rng = np.random.default_rng(0)
+        w = (rng.integers(-128, 128, size=(50, 40)) * 2).astype(np.int64)
+        layer = ExportedLayer("l0", w, 0, 8, "mixed", np.zeros(50, np.int64), 0, 100, 4095, 0, 1.0,
+                              w.astype(np.float32), np.zeros(50, np.float32), 0.5, 1.0)
+        net = ExportedNetwork((layer,), (40,), "bernoulli", 10, 0, resolve_hardware_config("loihi2"))
+        print("ready", flush=True)
+        try:
+            runner.run_network(net, (rng.random((5000, 10, 40)) < 0.3).astype(np.uint8), progress=False,
+                               shards=2, updates=50, on_progress=lambda done, total: print("step", flush=True))
+            print("finished before the interrupt")
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        left = [p for p in multiprocessing.active_children() if type(p).__name__ == "SystemProcess"]
+        print("workers left:", len(left), flush=True)
+    """))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO_ROOT, start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        assert process.stdout.readline().strip() == "step"  # the runtimes are running
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "interrupted" in out and "workers left: 0" in out, err[-2000:]
+    assert process.returncode == 0
+    survivors = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
+    assert survivors == []
