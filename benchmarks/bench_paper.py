@@ -95,7 +95,9 @@ def main() -> None:
                                for r in report.layers},
     }
     if args.lava_samples:
+        from lava_backend.fidelity import trained_run
         from lava_backend.runner import run_network
+        from trainer.checkpoint import load_checkpoint
 
         n = min(args.lava_samples, len(test.labels))
         lava = run_network(network, spikes[:n], mode="fixed_pt", record="all", progress=False)
@@ -104,17 +106,11 @@ def main() -> None:
             "lava_samples": n,
             "lava_fixed_accuracy": float((lava.predictions == test.labels[:n]).mean()),
             "emulator_accuracy_on_lava_samples": float((emulated.predictions[:n] == test.labels[:n]).mean()),
-            "float_accuracy_on_lava_samples": None,
+            "float_accuracy_on_lava_samples": float((trained_run(load_checkpoint(result.checkpoint_path), spikes[:n])
+                                                     .predictions == test.labels[:n]).mean()),
             "lava_bit_exact_all_layers": exact,
             "lava_samples_per_s": round(lava.samples_per_s, 1),
         })
-        from trainer.checkpoint import build_model, load_checkpoint
-
-        model = build_model(load_checkpoint(result.checkpoint_path))
-        with torch.no_grad():
-            predictions = np.concatenate([model(torch.from_numpy(spikes[i:min(i + 100, n)]).float()).output_spikes.sum(1)
-                                          .argmax(1).numpy() for i in range(0, n, 100)])
-        row["float_accuracy_on_lava_samples"] = float((predictions == test.labels[:n]).mean())
     row["versions"] = package_versions()
     print(json.dumps(row), flush=True)
 

@@ -23,6 +23,13 @@ from export.fixed_point import FixedLIFParameters, effective_weights, lif_fixed_
 FLOAT32_EXACT = 1 << 24
 
 
+def predict_classes(output_spikes: np.ndarray) -> np.ndarray:
+    """Class with the most output spikes, ties to the lowest index: output_spikes (samples,
+    T, classes) -> (samples,). The decoding of every deployed backend (emulator, Lava, the
+    fidelity harness); trainer.network.predict applies the same rule to torch tensors."""
+    return np.asarray(output_spikes).sum(axis=1, dtype=np.int64).argmax(axis=1)
+
+
 @dataclass
 class EmulationResult:
     """Spikes of every layer, each uint8 (samples, time, neurons); the last is the output."""
@@ -35,8 +42,7 @@ class EmulationResult:
 
     @property
     def predictions(self) -> np.ndarray:
-        """Class with the most output spikes, ties to the lowest index (as trainer.network.predict)."""
-        return self.output_spikes.sum(axis=1, dtype=np.int64).argmax(axis=1)
+        return predict_classes(self.output_spikes)
 
 
 def _layer_constants(layer: ExportedLayer, network: ExportedNetwork):

@@ -34,7 +34,9 @@ class BackendRun:
 
     @property
     def predictions(self) -> np.ndarray:
-        return self.layer_spikes[-1].sum(axis=1, dtype=np.int64).argmax(axis=1)
+        from export.emulator import predict_classes
+
+        return predict_classes(self.layer_spikes[-1])
 
 
 @dataclass(frozen=True)

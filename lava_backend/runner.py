@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from export.artifact import ExportedLayer, ExportedNetwork
+from export.emulator import predict_classes
 from export.validate import validate_network
 
 MODES = ("fixed_pt", "floating_pt")
@@ -119,8 +120,8 @@ class LavaRunResult:
 
     @property
     def predictions(self) -> np.ndarray:
-        """Class with the most output spikes, ties to the lowest index (as every backend)."""
-        return self.output_spikes.sum(axis=1, dtype=np.int64).argmax(axis=1)
+        """Class with the most output spikes, ties to the lowest index (export.emulator.predict_classes)."""
+        return predict_classes(self.output_spikes)
 
 
 def import_lava() -> None:

@@ -111,6 +111,7 @@ def _cmd_run(args) -> int:
     import numpy as np
 
     from export.artifact import load_artifact
+    from export.emulator import predict_classes
     from trainer.data import load_dataset
     from trainer.provenance import atomic_write
     from trainer.train import encode_split
@@ -138,7 +139,7 @@ def _cmd_run(args) -> int:
         output, rate = result.output_spikes, result.samples_per_s
         detail = (f"Lava {args.backend}, {result.shards} runtime(s), {result.lava_steps} Lava steps, "
                   f"{result.wall_s:.1f} s including {result.setup_s:.1f} s to build and start Lava")
-    predictions = output.sum(axis=1, dtype=np.int64).argmax(axis=1)
+    predictions = predict_classes(output)
     accuracy = float((predictions == split.labels).mean())
     print(f"{detail}: accuracy {100 * accuracy:.2f}% on {len(split.labels)} {name} test samples, "
           f"{rate:.1f} samples/s (T = {network.time_steps})")
