@@ -371,3 +371,19 @@ def test_ctrl_c_during_a_run_stops_every_lava_process(tmp_path):
     assert process.returncode == 0
     survivors = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
     assert survivors == []
+
+
+def test_inputs_lava_cannot_honour_are_refused_naming_the_problem():
+    import dataclasses
+
+    layer = integer_layer("l", [[2]], [0], vth=10, dv=100)
+    network = integer_network([layer], 3)
+    with pytest.raises(ValueError, match="input spikes must be 0 or 1"):
+        run_network(network, np.full((1, 3, 1), 2, np.uint8), progress=False)
+    with pytest.raises(ValueError, match="input spikes must be 0 or 1"):
+        emulate(network, np.full((1, 3, 1), 2, np.uint8))
+    with pytest.raises(ValueError, match="no samples to emulate"):
+        emulate(network, np.zeros((0, 3, 1), np.uint8))
+    odd_hw = dataclasses.replace(HW, name="odd", vth_shift=5)
+    with pytest.raises(ValueError, match="hardware config 'odd' differs .*vth_shift = 5 \\(Lava: 6\\)"):
+        run_network(dataclasses.replace(network, hardware=odd_hw), np.zeros((1, 3, 1), np.uint8), progress=False)
