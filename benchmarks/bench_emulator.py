@@ -20,11 +20,11 @@ import torch
 
 from export.emulator import emulate
 from export.hw_config import resolve_hardware_config
-from export.quantize import export_checkpoint
+from netgraph.provenance import package_versions
+from spikedata import load_dataset
+from stbp_cli.pipeline import export_checkpoint
 from trainer.checkpoint import build_model, load_checkpoint
-from trainer.data import load_dataset
-from trainer.provenance import package_versions
-from trainer.train import encode_split
+from trainer.encoding import encode_split
 
 
 def timed(fn):
@@ -45,7 +45,7 @@ def main() -> None:
 
     network, _ = export_checkpoint(args.checkpoint, resolve_hardware_config(args.hw))
     test = load_dataset("mnist", args.data).test.head(args.limit)
-    spikes, encode_s = timed(lambda: encode_split(network.encoding, test, network.time_steps, network.eval_seed))
+    spikes, encode_s = timed(lambda: encode_split(network.encoding, test.inputs, network.time_steps, network.eval_seed))
     n = len(test.labels)
     model = build_model(load_checkpoint(args.checkpoint))
 
@@ -61,9 +61,10 @@ def main() -> None:
     numpy_result, numpy_s = timed(lambda: emulate(network, spikes, "numpy", batch_size=args.batch_size))
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_result, torch_s = timed(lambda: emulate(network, spikes, "torch", torch_device, batch_size=args.batch_size))
-    identical = all(np.array_equal(a, b) for a, b in zip(numpy_result.layer_spikes, torch_result.layer_spikes))
+    identical = all(np.array_equal(numpy_result.population_spikes[name], torch_result.population_spikes[name])
+                    for name in numpy_result.population_spikes)
     figures = {
-        "network": "-".join([str(network.layers[0].in_features)] + [str(l.out_features) for l in network.layers]),
+        "network": "-".join([str(int(np.prod(network.input_shape)))] + [str(p.neurons) for p in network.populations]),
         "time_steps": network.time_steps,
         "samples": n,
         "hw_config": network.hardware.name,

@@ -22,13 +22,14 @@ import time
 
 import numpy as np
 
-from export.emulator import emulate, predict_classes
+from export.emulator import emulate
 from export.hw_config import resolve_hardware_config
-from export.quantize import export_checkpoint
 from lava_backend.runner import run_network
-from trainer.data import load_dataset
-from trainer.provenance import package_versions
-from trainer.train import encode_split
+from netgraph import predict_classes
+from netgraph.provenance import package_versions
+from spikedata import load_dataset
+from stbp_cli.pipeline import export_checkpoint
+from trainer.encoding import encode_split
 
 
 def lava_figures(network, spikes, labels, shards, naive):
@@ -70,7 +71,7 @@ def main() -> None:
     for steps in [int(t) for t in args.time_steps.split(",")]:
         network = dataclasses.replace(base, time_steps=steps)
         split = test.head(args.samples)
-        spikes = encode_split(network.encoding, split, steps, network.eval_seed)
+        spikes = encode_split(network.encoding, split.inputs, steps, network.eval_seed)
         row = {
             "naive_one_runtime_per_sample": lava_figures(network, spikes[:args.naive_samples],
                                                          split.labels[:args.naive_samples], 1, naive=True),
@@ -85,7 +86,7 @@ def main() -> None:
     if args.full_samples:
         split = test.head(args.full_samples)
         started = time.perf_counter()
-        spikes = encode_split(base.encoding, split, base.time_steps, base.eval_seed)
+        spikes = encode_split(base.encoding, split.inputs, base.time_steps, base.eval_seed)
         result = run_network(base, spikes, record="output", shards=args.shards, progress=False)
         end_to_end = time.perf_counter() - started
         expected = emulate(base, spikes).output_spikes

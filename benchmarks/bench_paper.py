@@ -23,10 +23,12 @@ import torch
 
 from export.emulator import emulate
 from export.hw_config import resolve_hardware_config
-from export.quantize import export_checkpoint
+from netgraph.provenance import package_versions
+from stbp_cli.pipeline import export_checkpoint, trained_run
+from trainer.checkpoint import load_checkpoint
 from trainer.config import config_from_dict, load_config
-from trainer.provenance import package_versions
-from trainer.train import encode_split, train
+from trainer.encoding import encode_split
+from trainer.train import train
 
 
 def parse_override(text: str):
@@ -76,7 +78,7 @@ def main() -> None:
     train_wall = time.perf_counter() - started
     network, report = export_checkpoint(result.checkpoint_path, resolve_hardware_config("loihi2"))
     test = result.dataset.test
-    spikes = encode_split(network.encoding, test, network.time_steps, network.eval_seed)
+    spikes = encode_split(network.encoding, test.inputs, network.time_steps, network.eval_seed)
     t0 = time.perf_counter()
     emulated = emulate(network, spikes, batch_size=100)
     emulator_wall = time.perf_counter() - t0
@@ -92,16 +94,15 @@ def main() -> None:
         "train_wall_s_this_invocation": round(train_wall, 1), "resumed_from": args.resume, "emulator_wall_s": round(emulator_wall, 1),
         "quantization_flags": {r.name: {"never_fire": r.never_fire, "always_fire": r.always_fire,
                                         "activation_exceeds_16_bits": r.activation_exceeds_hw_bits}
-                               for r in report.layers},
+                               for r in report.populations},
     }
     if args.lava_samples:
-        from lava_backend.fidelity import trained_run
-        from lava_backend.runner import run_network
-        from trainer.checkpoint import load_checkpoint
+        from lava_backend.runner import run_network  # lava: only when Lava samples are asked for
 
         n = min(args.lava_samples, len(test.labels))
         lava = run_network(network, spikes[:n], mode="fixed_pt", record="all", progress=False)
-        exact = all(np.array_equal(lava.layer_spikes[i], emulated.layer_spikes[i][:n]) for i in lava.layer_spikes)
+        exact = all(np.array_equal(lava.population_spikes[name], emulated.population_spikes[name][:n])
+                    for name in lava.population_spikes)
         row.update({
             "lava_samples": n,
             "lava_fixed_accuracy": float((lava.predictions == test.labels[:n]).mean()),

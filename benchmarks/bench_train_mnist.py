@@ -15,7 +15,7 @@ import time
 import torch
 
 from trainer.config import config_with_overrides, load_config
-from trainer.provenance import package_versions
+from netgraph.provenance import package_versions
 from trainer.train import train
 
 

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from trainer.config import config_from_dict
 from trainer.network import SpikingNetwork
-from trainer.provenance import package_versions
+from netgraph.provenance import package_versions
 
 
 def snntorch_model(tau: float, v_threshold: float):
@@ -51,7 +51,7 @@ def snntorch_model(tau: float, v_threshold: float):
 def ours_model(tau: float, v_threshold: float):
     config = config_from_dict({"model": {"layers": [{"type": "dense", "units": 800}, {"type": "dense", "units": 10}],
                                          "tau": tau, "v_threshold": v_threshold}})
-    network = SpikingNetwork(config.model, (784,))
+    network = SpikingNetwork.from_config(config.model, (784,))
     return lambda spikes: network(spikes).output_spikes, network
 
 

@@ -1,177 +1,154 @@
-"""The deployable artifact: one self-describing ONNX file per exported network.
+"""The deployable artifact: one self-describing ONNX file per exported network, whose
+wiring is the network graph (schema version 2).
 
-Graph (per time step; opens in Netron, valid under `onnx.checker`):
+One graph evaluation is one time step. Each graph node is one ONNX node named after it,
+whose output tensor carries its name:
 
-    input_spikes (batch, *input_shape) uint8 -> Flatten -> Cast int64
-      -> per layer: MatMul(spikes, layer{i}.weights_t)     (dense)
-                    or LoihiConv(spikes, layer{i}.kernel)  (conv; avgpool folded in)
-                 -> LoihiDense scaling -> LoihiLIF -> spikes (flat, C order)
+    Input      the graph input `<name>`, uint8 (batch, *shape) spikes
+    Dense      LoihiDense(spikes, <name>.weight, <name>.weight_float) -> int64 current
+    Conv2d     LoihiConv(spikes, <name>.weight, <name>.weight_float) -> int64 current maps
+    Sum        LoihiSum(current, current, ...) -> int64 current
+    LIF        LoihiLIF(current, <name>.bias_mant, <name>.bias_float) -> uint8 spikes
+    Output     Identity(spikes) -> the graph output `<name>`
 
-`LoihiLIF` and `LoihiDense` live in the custom domain `ai.stbp_loihi`; their attributes
-hold the integer parameters (du, dv, vth, bias_exp, weight_exp, num_weight_bits,
-sign_mode) and their inputs the integer tensors (bias_mant). The float parameters the
-network was trained with travel along (`layer{i}.weight_float`, `layer{i}.bias_float`,
-attributes tau and v_threshold) so Lava's floating-point model can run the trained
-network from this file alone. Model metadata: schema version, hw config, encoding, time
-steps, input shape, evaluation seed, the quantization report and the versions/seed of the
-run that produced it.
+Lava ops live in the custom domain `ai.stbp_loihi` (opset 2); their attributes hold the
+integer parameters (weight_exp, num_weight_bits, sign_mode; du, dv, vth, bias_exp), the
+conv geometry and the trained float constants (tau, tau_current, v_threshold, scale), and
+their inputs the integer and float tensors (weights (out, in) or (out, in, kh, kw) int64,
+bias_mant int64, float copies float32) so Lava's floating-point models can run the trained
+network from this file alone. A recurrent edge (one step of delay) reads the graph input
+`<population>.previous`, the population's spikes of the previous evaluation, and the
+population's own spikes are listed among the graph outputs: ONNX's usual state-in /
+state-out form, which keeps the ONNX graph acyclic.
 
-Reading needs onnx and numpy only (no torch).
+Model metadata: schema name and version, hw config, encoding, time steps, evaluation seed,
+the quantization report and the versions/seeds of the run that produced it.
+
+Reading needs onnx and numpy only (no torch). The loader rebuilds the network graph from
+the nodes' inputs and outputs and refuses, naming the file and node: anything
+`onnx.checker.check_model(full_check=True)` refuses, duplicate node or initializer names,
+unknown ops or attributes, tensors of the wrong type or shape, unused initializers, nodes
+not on a path from input to output, and (through netgraph and export.validate) every
+shape or range the hardware cannot hold. A version-1 artifact (before the graph) is
+refused with the advice to re-export it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-from export.conv import ConvGeometry, conv_matrix, validate_geometry
-from export.hw_config import HardwareConfig, HardwareConfigError, hardware_config_from_dict
+from export.hw_config import HardwareConfigError, hardware_config_from_dict
+from export.network import ExportedNetwork
+from export.validate import ExportRangeError, validate_network
+from netgraph import (LIF, Conv2d, Dense, Edge, Graph, GraphError, Input, Node, Output, QuantizedLIF,
+                      QuantizedSynapse, Sum)
+from netgraph.nodes import NAME_PATTERN
+from netgraph.provenance import atomic_write
 
 SCHEMA_NAME = "stbp-loihi-network"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DOMAIN = "ai.stbp_loihi"
-INPUT_NAME = "input_spikes"
-OUTPUT_NAME = "output_spikes"
+DOMAIN_VERSION = 2
+STATE_SUFFIX = ".previous"
+_META_KEYS = ("schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed")
 
 
 class ArtifactError(ValueError):
-    """An artifact file is missing, of an unknown schema, or its tensors are wrong."""
-
-
-@dataclass(frozen=True)
-class ExportedLayer:
-    """One synaptic layer + LIF population in Loihi integer form, with its float origin.
-
-    kind: 'dense' or 'conv' (an average pool before it is already folded in, see export.conv).
-    weights: int64 weight mantissas, dense (out, in) or conv (out_ch, in_ch, kh, kw), already
-        within the sign mode's range and on its grid, so Lava's clip/truncate keep them.
-    in_shape: conv only, the (C, H, W) input map; stride, padding: conv only.
-    bias_mant: (neurons,) int64, one per neuron; bias in v units = bias_mant << bias_exp.
-    scale: weight units per potential unit of the trained network (w_int ~= w * scale).
-    weight_float, bias_float, tau, v_threshold: the trained float parameters (same shapes).
-    """
-
-    name: str
-    weights: np.ndarray
-    weight_exp: int
-    num_weight_bits: int
-    sign_mode: str
-    bias_mant: np.ndarray
-    bias_exp: int
-    vth: int
-    du: int
-    dv: int
-    scale: float
-    weight_float: np.ndarray
-    bias_float: np.ndarray
-    tau: float
-    v_threshold: float
-    kind: str = "dense"
-    in_shape: tuple[int, ...] = ()
-    stride: int = 1
-    padding: int = 0
-
-    @property
-    def geometry(self) -> ConvGeometry:
-        return ConvGeometry(tuple(self.in_shape), tuple(self.weights.shape[2:]), self.stride, self.padding)
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        if self.kind == "conv":
-            return self.geometry.out_shape(int(self.weights.shape[0]))
-        return (int(self.weights.shape[0]),)
-
-    @property
-    def in_features(self) -> int:
-        return int(np.prod(self.in_shape)) if self.kind == "conv" else int(self.weights.shape[1])
-
-    @property
-    def out_features(self) -> int:
-        return int(np.prod(self.out_shape))
-
-    def weight_matrix(self, float_weights: bool = False) -> np.ndarray:
-        """The synapses as a (out_features, in_features) matrix (a conv unrolled)."""
-        weights = self.weight_float if float_weights else self.weights
-        return conv_matrix(weights, self.geometry) if self.kind == "conv" else weights
-
-
-@dataclass(frozen=True)
-class ExportedNetwork:
-    layers: tuple[ExportedLayer, ...]
-    input_shape: tuple[int, ...]
-    encoding: str
-    time_steps: int
-    eval_seed: int
-    hardware: HardwareConfig
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_outputs(self) -> int:
-        return self.layers[-1].out_features
+    """An artifact file is missing, of an unknown schema, or its graph or tensors are wrong."""
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def to_onnx(network: ExportedNetwork):
-    """Builds the ONNX ModelProto of an exported network."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def _spikes_info(name: str, shape: tuple[int, ...]):
+    return helper.make_tensor_value_info(name, TensorProto.UINT8, ["batch", *shape])
 
-    nodes = [
-        helper.make_node("Flatten", [INPUT_NAME], ["flat_spikes"], axis=1, name="flatten"),
-        helper.make_node("Cast", ["flat_spikes"], ["layer_input_0"], to=TensorProto.INT64, name="cast_in"),
-    ]
-    initializers = []
-    for i, layer in enumerate(network.layers):
-        p = f"layer{i}"
-        if layer.kind == "conv":
-            weight_tensor = numpy_helper.from_array(layer.weights.astype(np.int64), f"{p}.kernel")
-            synapses = helper.make_node(
-                "LoihiConv", [f"layer_input_{i}", f"{p}.kernel"], [f"{p}.accumulated"], domain=DOMAIN,
-                name=f"{p}.conv", in_shape=list(layer.in_shape), strides=[layer.stride, layer.stride],
-                pads=[layer.padding] * 4, out_shape=list(layer.out_shape))
-        else:
-            weight_tensor = numpy_helper.from_array(np.ascontiguousarray(layer.weights.T.astype(np.int64)),
-                                                    f"{p}.weights_t")
-            synapses = helper.make_node("MatMul", [f"layer_input_{i}", f"{p}.weights_t"], [f"{p}.accumulated"],
-                                        name=f"{p}.matmul")
-        initializers += [
-            weight_tensor,
-            numpy_helper.from_array(layer.bias_mant.astype(np.int64), f"{p}.bias_mant"),
-            numpy_helper.from_array(layer.weight_float.astype(np.float32), f"{p}.weight_float"),
-            numpy_helper.from_array(layer.bias_float.astype(np.float32), f"{p}.bias_float"),
-        ]
-        out_name = OUTPUT_NAME if i == len(network.layers) - 1 else f"layer_input_{i + 1}"
-        nodes += [
-            synapses,
-            helper.make_node(
-                "LoihiDense", [f"{p}.accumulated", f"{p}.weight_float"], [f"{p}.activation"],
-                domain=DOMAIN, name=f"{p}.dense", weight_exp=layer.weight_exp,
-                num_weight_bits=layer.num_weight_bits, sign_mode=layer.sign_mode,
-            ),
-            helper.make_node(
-                "LoihiLIF", [f"{p}.activation", f"{p}.bias_mant", f"{p}.bias_float"], [out_name],
-                domain=DOMAIN, name=layer.name, du=layer.du, dv=layer.dv, vth=layer.vth,
-                bias_exp=layer.bias_exp, scale=float(layer.scale), tau=float(layer.tau),
-                v_threshold=float(layer.v_threshold),
-            ),
-        ]
-    graph = helper.make_graph(
+
+def _synapse_attributes(node) -> dict[str, Any]:
+    q = node.quantized
+    return {"weight_exp": int(q.weight_exp), "num_weight_bits": int(q.num_weight_bits), "sign_mode": q.sign_mode}
+
+
+def _write_dense(node: Dense, inputs: list[str]):
+    onnx_node = helper.make_node("LoihiDense", [*inputs, f"{node.name}.weight", f"{node.name}.weight_float"],
+                                 [node.name], name=node.name, domain=DOMAIN, out_features=int(node.out_features),
+                                 **_synapse_attributes(node))
+    return onnx_node, {f"{node.name}.weight": node.quantized.weight.astype(np.int64),
+                       f"{node.name}.weight_float": np.asarray(node.weight, np.float32)}
+
+
+def _write_conv(node: Conv2d, inputs: list[str]):
+    onnx_node = helper.make_node("LoihiConv", [*inputs, f"{node.name}.weight", f"{node.name}.weight_float"],
+                                 [node.name], name=node.name, domain=DOMAIN, out_channels=int(node.out_channels),
+                                 kernel_shape=[int(k) for k in node.kernel_size], strides=[int(node.stride)] * 2,
+                                 pads=[int(node.padding)] * 4, **_synapse_attributes(node))
+    return onnx_node, {f"{node.name}.weight": node.quantized.weight.astype(np.int64),
+                       f"{node.name}.weight_float": np.asarray(node.weight, np.float32)}
+
+
+def _write_sum(node: Sum, inputs: list[str]):
+    return helper.make_node("LoihiSum", inputs, [node.name], name=node.name, domain=DOMAIN), {}
+
+
+def _write_lif(node: LIF, inputs: list[str]):
+    q = node.quantized
+    onnx_node = helper.make_node(
+        "LoihiLIF", [*inputs, f"{node.name}.bias_mant", f"{node.name}.bias_float"], [node.name], name=node.name,
+        domain=DOMAIN, shape=[int(d) for d in node.shape], du=int(q.du), dv=int(q.dv), vth=int(q.vth),
+        bias_exp=int(q.bias_exp), scale=float(q.scale), tau=float(node.tau), tau_current=float(node.tau_current),
+        v_threshold=float(node.v_threshold))
+    return onnx_node, {f"{node.name}.bias_mant": np.asarray(q.bias_mant, np.int64),
+                       f"{node.name}.bias_float": np.asarray(node.bias, np.float32)}
+
+
+def _write_output(node: Output, inputs: list[str]):
+    return helper.make_node("Identity", inputs, [node.name], name=node.name), {}
+
+
+_WRITERS: dict[type, Callable] = {Dense: _write_dense, Conv2d: _write_conv, Sum: _write_sum, LIF: _write_lif,
+                                  Output: _write_output}
+
+
+def _value_info(graph: Graph, node: Node):
+    shape = graph.shape_of(node.name)
+    if isinstance(node, (LIF, Output)):
+        return _spikes_info(node.name, shape)
+    return helper.make_tensor_value_info(node.name, TensorProto.INT64, ["batch", *shape])
+
+
+def to_onnx(network: ExportedNetwork) -> onnx.ModelProto:
+    """Builds the ONNX ModelProto of an exported network (see the module docstring)."""
+    graph = network.graph
+    states = [lif for lif in graph.populations if any(e.recurrent for e in graph.consumers_of(lif.name))]
+    nodes, initializers, value_info = [], [], []
+    for name in graph.order:
+        node = graph.node(name)
+        if isinstance(node, Input):
+            continue
+        inputs = [edge.source + STATE_SUFFIX if edge.recurrent else edge.source for edge in graph.inputs_of(name)]
+        onnx_node, tensors = _WRITERS[type(node)](node, inputs)
+        nodes.append(onnx_node)
+        initializers += [numpy_helper.from_array(np.ascontiguousarray(array), tensor) for tensor, array in tensors.items()]
+        if not isinstance(node, Output) and node not in states:
+            value_info.append(_value_info(graph, node))
+    onnx_graph = helper.make_graph(
         nodes, "stbp_loihi_network",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", *network.input_shape])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, ["batch", network.num_outputs])],
-        initializer=initializers,
+        [_spikes_info(graph.input.name, graph.input.shape)]
+        + [_spikes_info(lif.name + STATE_SUFFIX, lif.shape) for lif in states],
+        [_spikes_info(graph.output.name, graph.output_population.shape)]
+        + [_spikes_info(lif.name, lif.shape) for lif in states],
+        initializer=initializers, value_info=value_info,
     )
     model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
+        onnx_graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
         producer_name="stbp-loihi",
-        doc_string="STBP LIF network quantized for Loihi; one graph evaluation = one time step.",
+        doc_string="LIF network quantized for Loihi; one graph evaluation = one time step.",
     )
     meta = {
         "schema": SCHEMA_NAME,
@@ -180,18 +157,15 @@ def to_onnx(network: ExportedNetwork):
         "encoding": network.encoding,
         "time_steps": str(network.time_steps),
         "eval_seed": str(network.eval_seed),
-        "input_shape": json.dumps(list(network.input_shape)),
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in network.metadata.items()},
     }
-    onnx.helper.set_model_props(model, meta)
+    helper.set_model_props(model, meta)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
 def save_artifact(network: ExportedNetwork, path: str | Path) -> None:
     """Writes the artifact atomically (a crash never leaves a half-written file)."""
-    from trainer.provenance import atomic_write
-
     payload = to_onnx(network).SerializeToString()
     with atomic_write(path) as handle:
         handle.write(payload)
@@ -200,78 +174,242 @@ def save_artifact(network: ExportedNetwork, path: str | Path) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def _int_attr(node, name: str, where: str) -> int:
-    for attr in node.attribute:
-        if attr.name == name:
-            if attr.type != attr.INT:
-                raise ArtifactError(f"{where}: attribute '{name}' must be an integer")
-            return int(attr.i)
-    raise ArtifactError(f"{where}: missing attribute '{name}'")
+class _NodeReader:
+    """Reads one ONNX node's attributes and initializer inputs, each error naming the node."""
 
+    def __init__(self, onnx_node, tensors: dict[str, np.ndarray], used: set[str]):
+        self.node, self.tensors, self.used = onnx_node, tensors, used
+        self.where = f"node {onnx_node.name} ({onnx_node.op_type})"
+        self.attributes = {attr.name: attr for attr in onnx_node.attribute}
 
-def _attr(node, name: str, where: str):
-    from onnx import helper
+    def expect_attributes(self, names: set[str]) -> None:
+        unknown = sorted(set(self.attributes) - names)
+        if unknown:
+            raise ArtifactError(f"{self.where}: unknown attribute(s) {', '.join(unknown)}")
 
-    for attr in node.attribute:
-        if attr.name == name:
-            value = helper.get_attribute_value(attr)
-            return value.decode() if isinstance(value, bytes) else value
-    raise ArtifactError(f"{where}: missing attribute '{name}'")
+    def _attr(self, name: str, kind: int, kind_name: str):
+        attr = self.attributes.get(name)
+        if attr is None:
+            raise ArtifactError(f"{self.where}: missing attribute '{name}'")
+        if attr.type != kind:
+            raise ArtifactError(f"{self.where}: attribute '{name}' must be {kind_name}")
+        return helper.get_attribute_value(attr)
 
+    def int(self, name: str) -> int:
+        return int(self._attr(name, onnx.AttributeProto.INT, "an integer"))
 
-def _read_layer(i: int, dense, lif, conv_nodes: dict, tensor, features: int, path: Path, where: str):
-    """One layer of the artifact: (ExportedLayer, its number of outputs)."""
-    p = f"layer{i}"
-    conv = conv_nodes.get(f"{p}.conv")
-    conv_fields: dict[str, Any] = {}
-    if conv is not None:
-        weights = tensor(f"{p}.kernel", 4, where, integer=True).astype(np.int64)
-        weight_float = tensor(f"{p}.weight_float", 4, where)
-        in_shape = tuple(int(d) for d in _attr(conv, "in_shape", where))
-        strides, pads = list(_attr(conv, "strides", where)), list(_attr(conv, "pads", where))
-        if len(in_shape) != 3 or len(set(strides)) != 1 or len(set(pads)) != 1:
-            raise ArtifactError(f"{path}: {where}: conv needs a (C, H, W) in_shape and equal strides/pads")
-        geometry = ConvGeometry(in_shape, tuple(weights.shape[2:]), int(strides[0]), int(pads[0]))
+    def ints(self, name: str, length: int) -> list[int]:
+        values = [int(v) for v in self._attr(name, onnx.AttributeProto.INTS, "a list of integers")]
+        if length and len(values) != length:
+            raise ArtifactError(f"{self.where}: attribute '{name}' must hold {length} integers, got {len(values)}")
+        return values
+
+    def float(self, name: str) -> float:
+        return float(self._attr(name, onnx.AttributeProto.FLOAT, "a float"))
+
+    def string(self, name: str) -> str:
+        raw = self._attr(name, onnx.AttributeProto.STRING, "a string")
         try:
-            validate_geometry(geometry, where)
-        except ValueError as exc:
-            raise ArtifactError(f"{path}: {exc}") from exc
-        if in_shape[0] != weights.shape[1]:
-            raise ArtifactError(f"{path}: {where}: kernel takes {weights.shape[1]} channels, in_shape has {in_shape[0]}")
-        conv_fields = {"kind": "conv", "in_shape": in_shape, "stride": geometry.stride, "padding": geometry.padding}
-        in_features = int(np.prod(in_shape))
-        out_features = int(np.prod(geometry.out_shape(weights.shape[0])))
-    else:
-        weights = tensor(f"{p}.weights_t", 2, where, integer=True).T.astype(np.int64)
-        weight_float = tensor(f"{p}.weight_float", 2, where)
-        in_features, out_features = weights.shape[1], weights.shape[0]
-    bias_mant = tensor(f"{p}.bias_mant", 1, where, integer=True).astype(np.int64)
-    bias_float = tensor(f"{p}.bias_float", 1, where)
-    if in_features != features:
-        raise ArtifactError(f"{path}: {where}: weights take {in_features} inputs, the previous layer gives {features}")
-    for name, value, shape in (("bias_mant", bias_mant, (out_features,)),
-                               ("weight_float", weight_float, weights.shape),
-                               ("bias_float", bias_float, (out_features,))):
-        if value.shape != shape:
-            raise ArtifactError(f"{path}: {where}: '{name}' has shape {value.shape}, expected {shape}")
-    layer = ExportedLayer(
-        name=lif.name, weights=weights, weight_exp=_int_attr(dense, "weight_exp", where),
-        num_weight_bits=_int_attr(dense, "num_weight_bits", where),
-        sign_mode=str(_attr(dense, "sign_mode", where)), bias_mant=bias_mant,
-        bias_exp=_int_attr(lif, "bias_exp", where), vth=_int_attr(lif, "vth", where),
-        du=_int_attr(lif, "du", where), dv=_int_attr(lif, "dv", where),
-        scale=float(_attr(lif, "scale", where)), weight_float=weight_float.astype(np.float32),
-        bias_float=bias_float.astype(np.float32), tau=float(_attr(lif, "tau", where)),
-        v_threshold=float(_attr(lif, "v_threshold", where)), **conv_fields,
-    )
-    return layer, out_features
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArtifactError(f"{self.where}: attribute '{name}' is not UTF-8 text") from None
+
+    def initializer(self, position: int, dtype: type) -> np.ndarray:
+        """The initializer at input `position`, which must be named <node>.<what> and of `dtype`."""
+        if len(self.node.input) <= position:
+            raise ArtifactError(f"{self.where}: missing input {position}")
+        name = self.node.input[position]
+        if name not in self.tensors:
+            raise ArtifactError(f"{self.where}: input {position} must be an initializer, got tensor '{name}'")
+        value = self.tensors[name]
+        if value.dtype != np.dtype(dtype):
+            raise ArtifactError(f"{self.where}: tensor '{name}' has dtype {value.dtype}, expected {np.dtype(dtype)}")
+        self.used.add(name)
+        return value
+
+    def expect_inputs(self, signals: int | None, initializers: int = 0) -> None:
+        """The node takes `signals` signal inputs (None: two or more) then `initializers` tensors."""
+        names = list(self.node.input)
+        found = [name for name in names if name not in self.tensors]
+        if signals is None:
+            if len(found) < 2 or len(names) != len(found):
+                raise ArtifactError(f"{self.where}: takes two or more signal inputs and nothing else, got {names}")
+            return
+        if len(names) != signals + initializers or len(found) != signals:
+            raise ArtifactError(f"{self.where}: takes {signals} signal input(s) followed by {initializers} "
+                                f"initializer(s), got {names}")
+
+
+def _read_synapse(reader: _NodeReader, extra: dict[str, Any]):
+    weight = reader.initializer(1, np.int64)
+    weight_float = reader.initializer(2, np.float32)
+    quantized = QuantizedSynapse(weight=weight, weight_exp=reader.int("weight_exp"),
+                                 num_weight_bits=reader.int("num_weight_bits"), sign_mode=reader.string("sign_mode"))
+    return dict(weight=weight_float, quantized=quantized, **extra)
+
+
+def _read_dense(reader: _NodeReader) -> Dense:
+    reader.expect_attributes({"out_features", "weight_exp", "num_weight_bits", "sign_mode"})
+    reader.expect_inputs(1, 2)
+    return Dense(reader.node.name, **_read_synapse(reader, {"out_features": reader.int("out_features")}))
+
+
+def _read_conv(reader: _NodeReader) -> Conv2d:
+    reader.expect_attributes({"out_channels", "kernel_shape", "strides", "pads", "weight_exp", "num_weight_bits",
+                              "sign_mode"})
+    reader.expect_inputs(1, 2)
+    strides, pads = reader.ints("strides", 2), reader.ints("pads", 4)
+    if len(set(strides)) != 1 or len(set(pads)) != 1:
+        raise ArtifactError(f"{reader.where}: strides and pads must be equal along height and width")
+    geometry = {"out_channels": reader.int("out_channels"), "kernel_size": tuple(reader.ints("kernel_shape", 2)),
+                "stride": strides[0], "padding": pads[0]}
+    return Conv2d(reader.node.name, **_read_synapse(reader, geometry))
+
+
+def _read_sum(reader: _NodeReader) -> Sum:
+    reader.expect_attributes(set())
+    reader.expect_inputs(None)
+    return Sum(reader.node.name)
+
+
+def _read_lif(reader: _NodeReader) -> LIF:
+    reader.expect_attributes({"shape", "du", "dv", "vth", "bias_exp", "scale", "tau", "tau_current", "v_threshold"})
+    reader.expect_inputs(1, 2)
+    quantized = QuantizedLIF(du=reader.int("du"), dv=reader.int("dv"), vth=reader.int("vth"),
+                             bias_mant=reader.initializer(1, np.int64), bias_exp=reader.int("bias_exp"),
+                             scale=reader.float("scale"))
+    return LIF(reader.node.name, shape=tuple(reader.ints("shape", 0)), tau=reader.float("tau"),
+               v_threshold=reader.float("v_threshold"), tau_current=reader.float("tau_current"),
+               bias=reader.initializer(2, np.float32), quantized=quantized)
+
+
+def _read_output(reader: _NodeReader) -> Output:
+    reader.expect_attributes(set())
+    reader.expect_inputs(1)
+    return Output(reader.node.name)
+
+
+_READERS: dict[tuple[str, str], Callable[[_NodeReader], Node]] = {
+    (DOMAIN, "LoihiDense"): _read_dense, (DOMAIN, "LoihiConv"): _read_conv, (DOMAIN, "LoihiSum"): _read_sum,
+    (DOMAIN, "LoihiLIF"): _read_lif, ("", "Identity"): _read_output,
+}
+
+
+def _input_node(value_info) -> Input:
+    dims = value_info.type.tensor_type.shape.dim
+    if value_info.type.tensor_type.elem_type != TensorProto.UINT8 or len(dims) < 2 \
+            or not all(d.HasField("dim_value") for d in dims[1:]):
+        raise ArtifactError(f"graph input '{value_info.name}' must be uint8 spikes of shape (batch, *fixed dimensions)")
+    return Input(value_info.name, tuple(int(d.dim_value) for d in dims[1:]))
+
+
+def _initializers(onnx_graph) -> dict[str, np.ndarray]:
+    tensors: dict[str, np.ndarray] = {}
+    for initializer in onnx_graph.initializer:
+        if initializer.name in tensors:
+            raise ArtifactError(f"two initializers are named '{initializer.name}'")
+        try:
+            tensors[initializer.name] = numpy_helper.to_array(initializer)
+        except Exception as exc:  # wrong raw_data length, unknown data type, ...
+            raise ArtifactError(f"tensor '{initializer.name}' cannot be read ({exc})") from exc
+    return tensors
+
+
+def _graph_inputs(onnx_graph) -> tuple[Input, set[str]]:
+    """The spike input node, and the populations whose previous spikes are state inputs."""
+    regular = [v for v in onnx_graph.input if not v.name.endswith(STATE_SUFFIX)]
+    if len(regular) != 1:
+        raise ArtifactError(f"the graph needs exactly one spike input, found {len(regular)}")
+    states = {v.name[: -len(STATE_SUFFIX)] for v in onnx_graph.input if v.name.endswith(STATE_SUFFIX)}
+    try:
+        return _input_node(regular[0]), states
+    except GraphError as exc:
+        raise ArtifactError(str(exc)) from exc
+
+
+def _read_nodes(onnx_graph, tensors: dict[str, np.ndarray]) -> tuple[list[Node], list[Edge]]:
+    input_node, states = _graph_inputs(onnx_graph)
+    nodes: list[Node] = [input_node]
+    edges: list[Edge] = []
+    names, used = {input_node.name}, set()
+    for onnx_node in onnx_graph.node:
+        where = f"node {onnx_node.name or '(unnamed)'} ({onnx_node.op_type})"
+        if not NAME_PATTERN.fullmatch(onnx_node.name):
+            raise ArtifactError(f"{where}: every node needs a name of letters, digits and '_' starting with a letter")
+        if onnx_node.name in names:
+            raise ArtifactError(f"{where}: two nodes are named '{onnx_node.name}'")
+        names.add(onnx_node.name)
+        read = _READERS.get((onnx_node.domain, onnx_node.op_type))
+        if read is None:
+            raise ArtifactError(f"{where}: op {onnx_node.domain or 'ai.onnx'}.{onnx_node.op_type} is not part of "
+                                f"schema {SCHEMA_VERSION}")
+        if list(onnx_node.output) != [onnx_node.name]:
+            raise ArtifactError(f"{where}: must have one output tensor named after the node, got {list(onnx_node.output)}")
+        try:
+            nodes.append(read(_NodeReader(onnx_node, tensors, used)))
+        except GraphError as exc:
+            raise ArtifactError(str(exc)) from exc
+        for tensor in onnx_node.input:
+            if tensor in tensors:
+                continue
+            recurrent = tensor.endswith(STATE_SUFFIX) and tensor[: -len(STATE_SUFFIX)] in states
+            edges.append(Edge(tensor[: -len(STATE_SUFFIX)] if recurrent else tensor, onnx_node.name, recurrent))
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise ArtifactError(f"initializer(s) {', '.join(unused)} are used by no node")
+    _check_outputs(onnx_graph, nodes, states)
+    return nodes, edges
+
+
+def _check_outputs(onnx_graph, nodes: list[Node], states: set[str]) -> None:
+    outputs = [n.name for n in nodes if isinstance(n, Output)]
+    lifs = {n.name for n in nodes if isinstance(n, LIF)}
+    bad_states = sorted(states - lifs)
+    if bad_states:
+        raise ArtifactError(f"state input(s) {', '.join(s + STATE_SUFFIX for s in bad_states)} do not name a "
+                            "LoihiLIF population")
+    expected = set(outputs) | states
+    declared = {v.name for v in onnx_graph.output}
+    if declared != expected:
+        raise ArtifactError(f"graph outputs {sorted(declared)} must be the Output node and the recurrent "
+                            f"populations' spikes {sorted(expected)}")
+
+
+def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    if meta.get("schema") != SCHEMA_NAME:
+        raise ArtifactError(f"{path}: not an {SCHEMA_NAME} artifact (schema={meta.get('schema')!r})")
+    version = meta.get("schema_version")
+    if version == "1":
+        raise ArtifactError(f"{path}: artifact schema version 1 predates the network graph (version {SCHEMA_VERSION}); "
+                            "re-export it from its checkpoint with `stbp export`")
+    if version != str(SCHEMA_VERSION):
+        raise ArtifactError(f"{path}: artifact schema version {version!r} is not supported "
+                            f"(this program reads version {SCHEMA_VERSION})")
+    missing = [key for key in _META_KEYS if key not in meta]
+    if missing:
+        raise ArtifactError(f"{path}: metadata is incomplete: missing {', '.join(missing)}")
+    fields: dict[str, Any] = {"encoding": meta["encoding"]}
+    for key in ("time_steps", "eval_seed"):
+        try:
+            fields[key] = int(meta[key])
+        except ValueError:
+            raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be an integer, got {meta[key]!r}") from None
+    try:
+        fields["hardware"] = hardware_config_from_dict(json.loads(meta["hw_config"]), f"{path} (embedded hw_config)")
+    except (ValueError, TypeError, HardwareConfigError) as exc:
+        raise ArtifactError(f"{path}: metadata is invalid: {exc}") from exc
+    extra = {}
+    for key, value in meta.items():
+        if key not in _META_KEYS:
+            try:
+                extra[key] = json.loads(value)
+            except json.JSONDecodeError:
+                extra[key] = value
+    return {**fields, "metadata": extra}
 
 
 def load_artifact(path: str | Path) -> ExportedNetwork:
-    """Reads and validates an artifact; every error names the file and the layer/tensor."""
-    import onnx
-    from onnx import numpy_helper
-
+    """Reads and validates an artifact; every error names the file and the node or tensor."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
@@ -279,67 +417,21 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError and others
         raise ArtifactError(f"{path}: not a readable ONNX file ({exc})") from exc
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get("schema") != SCHEMA_NAME:
-        raise ArtifactError(f"{path}: not an {SCHEMA_NAME} artifact (schema={meta.get('schema')!r})")
-    if meta.get("schema_version") != str(SCHEMA_VERSION):
-        raise ArtifactError(
-            f"{path}: artifact schema version {meta.get('schema_version')!r} is not supported "
-            f"(this program reads version {SCHEMA_VERSION})"
-        )
+    fields = _read_metadata({p.key: p.value for p in model.metadata_props}, path)
+    domains = {o.domain: o.version for o in model.opset_import}
+    if domains.get(DOMAIN) != DOMAIN_VERSION:
+        raise ArtifactError(f"{path}: needs opset {DOMAIN} version {DOMAIN_VERSION}, declares {domains.get(DOMAIN)}")
     try:
-        input_shape = tuple(int(d) for d in json.loads(meta["input_shape"]))
-        time_steps, eval_seed = int(meta["time_steps"]), int(meta["eval_seed"])
-        encoding = meta["encoding"]
-        hardware = hardware_config_from_dict(json.loads(meta["hw_config"]), f"{path} (embedded hw_config)")
-    except (KeyError, ValueError, TypeError, HardwareConfigError) as exc:
-        raise ArtifactError(f"{path}: metadata is incomplete or invalid: {exc}") from exc
-    tensors = {}
-    for initializer in model.graph.initializer:
-        try:
-            tensors[initializer.name] = numpy_helper.to_array(initializer)
-        except Exception as exc:  # wrong raw_data length, unknown data type, ...
-            raise ArtifactError(f"{path}: tensor '{initializer.name}' cannot be read ({exc})") from exc
-    lif_nodes = [n for n in model.graph.node if n.op_type == "LoihiLIF" and n.domain == DOMAIN]
-    dense_nodes = [n for n in model.graph.node if n.op_type == "LoihiDense" and n.domain == DOMAIN]
-    if not lif_nodes or len(lif_nodes) != len(dense_nodes):
-        raise ArtifactError(f"{path}: graph has {len(lif_nodes)} LoihiLIF and {len(dense_nodes)} LoihiDense nodes")
-
-    def tensor(name: str, ndim: int, where: str, integer: bool = False) -> np.ndarray:
-        if name not in tensors:
-            raise ArtifactError(f"{path}: {where}: missing tensor '{name}'")
-        value = tensors[name]
-        expected_kind = "iu" if integer else "f"
-        if value.dtype.kind not in expected_kind:
-            raise ArtifactError(f"{path}: {where}: tensor '{name}' has dtype {value.dtype}, expected "
-                                + ("integers" if integer else "floats"))
-        if value.ndim != ndim:
-            raise ArtifactError(f"{path}: {where}: tensor '{name}' has shape {value.shape}, expected {ndim} dimensions")
-        return value
-
-    conv_nodes = {n.name: n for n in model.graph.node if n.op_type == "LoihiConv" and n.domain == DOMAIN}
-    layers = []
-    features = int(np.prod(input_shape))
-    for i, (dense, lif) in enumerate(zip(dense_nodes, lif_nodes)):
-        where = f"layer {i} ({lif.name})"
-        try:
-            layer, features = _read_layer(i, dense, lif, conv_nodes, tensor, features, path, where)
-        except (TypeError, ValueError) as exc:
-            message = str(exc) if isinstance(exc, ArtifactError) else f"{where}: malformed layer ({exc})"
-            raise ArtifactError(message if message.startswith(str(path)) else f"{path}: {message}") from exc
-        layers.append(layer)
-    known = {"schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed", "input_shape"}
-    extra = {}
-    for key, value in meta.items():
-        if key in known:
-            continue
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
-    network = ExportedNetwork(tuple(layers), input_shape, encoding, time_steps, eval_seed, hardware, extra)
-    from export.validate import ExportRangeError, validate_network
-
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
+        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise ArtifactError(f"{path}: onnx.checker refuses the model: {reason}") from exc
+    try:
+        nodes, edges = _read_nodes(model.graph, _initializers(model.graph))
+        graph = Graph(tuple(nodes), tuple(edges))
+    except (ArtifactError, GraphError) as exc:
+        raise ArtifactError(f"{path}: {exc}") from exc
+    network = ExportedNetwork(graph, **fields)
     try:
         validate_network(network, where=str(path))
     except ExportRangeError as exc:

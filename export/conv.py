@@ -1,5 +1,6 @@
-"""Convolution geometry, average-pool folding and the conv as a matrix: one definition used
-by the exporter, the emulator and the Lava mapping.
+"""Average-pool folding, conv synaptic sums and the conv as a matrix: one definition used
+by the exporter, the emulator and the Lava mapping (the shape arithmetic is
+netgraph.geometry).
 
 Layout: feature maps are (channels, height, width), flattened in C order; kernels are
 (out_channels, in_channels, kernel_h, kernel_w) as in PyTorch's Conv2d (cross-correlation,
@@ -19,37 +20,9 @@ folded conv's padding would read real pixels where the pooled map had zeros.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """in_shape (C, H, W), kernel (kh, kw), stride and zero padding (same along H and W)."""
-
-    in_shape: tuple[int, int, int]
-    kernel: tuple[int, int]
-    stride: int = 1
-    padding: int = 0
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        _, h, w = self.in_shape
-        kh, kw = self.kernel
-        return ((h + 2 * self.padding - kh) // self.stride + 1, (w + 2 * self.padding - kw) // self.stride + 1)
-
-    def out_shape(self, out_channels: int) -> tuple[int, int, int]:
-        return (out_channels, *self.out_hw)
-
-
-def validate_geometry(geometry: ConvGeometry, where: str) -> None:
-    c, h, w = geometry.in_shape
-    kh, kw = geometry.kernel
-    if min(c, h, w, kh, kw, geometry.stride) < 1 or geometry.padding < 0:
-        raise ValueError(f"{where}: invalid conv geometry {geometry}")
-    if kh > h + 2 * geometry.padding or kw > w + 2 * geometry.padding:
-        raise ValueError(f"{where}: kernel {kh}x{kw} is larger than the padded {h}x{w} input")
+from netgraph.geometry import ConvGeometry
 
 
 def fold_avgpool_into_conv(kernel: np.ndarray, stride: int, padding: int, pool: int) -> tuple[np.ndarray, int, int]:

@@ -1,108 +1,227 @@
 """Bit-exact emulator of the deployed network: Loihi's integer dynamics, batched.
 
-It reads the artifact (not the training code), starts every sample from zero state and
-has no pipeline delay between layers: layer l at step t sees layer l-1's spikes of step
-t, as in the trained network. (Lava's Dense adds one step of delay per layer; the Lava
-backend re-aligns its outputs to this timing.) The arithmetic is `export.fixed_point`,
-run with numpy on the CPU or torch on a GPU.
+It reads the exported graph (not the training code), starts every sample from zero state
+and follows the graph's timing (netgraph.graph): no delay along a forward edge (a
+population at step t sees its inputs' spikes of step t, as in the trained network), one
+step along a recurrent edge. (Lava's Dense adds one step of delay per synapse; the Lava
+backend re-times its run to this, see export.timing.) The arithmetic is
+`export.fixed_point`, run with numpy on the CPU or torch on a GPU. Nodes are evaluated in
+the graph's execution plan: outside cycles a synapse is one product over all time steps,
+a cycle closed by recurrent edges is stepped through time.
 
 The synaptic sums are computed as a float matrix product, which is exact because every
 partial sum is an integer below 2^24 (float32) or 2^53 (float64); the bound is checked
-per layer and the wider type used when needed.
+per synapse and the wider type used when needed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
-from export.artifact import ExportedLayer, ExportedNetwork
 from export.conv import conv_accumulate
 from export.fixed_point import FixedLIFParameters, effective_weights, lif_fixed_step, shift_activation
+from export.network import ExportedNetwork
+from netgraph import LIF, Conv2d, Dense, Edge, Input, Node, Output, Sum, predict_classes
 
 FLOAT32_EXACT = 1 << 24
 
 
-def predict_classes(output_spikes: np.ndarray) -> np.ndarray:
-    """Class with the most output spikes, ties to the lowest index: output_spikes (samples,
-    T, classes) -> (samples,). The decoding of every deployed backend (emulator, Lava, the
-    fidelity harness); trainer.network.predict applies the same rule to torch tensors."""
-    return np.asarray(output_spikes).sum(axis=1, dtype=np.int64).argmax(axis=1)
-
-
 @dataclass
 class EmulationResult:
-    """Spikes of every layer, each uint8 (samples, time, neurons); the last is the output."""
+    """Spikes of every LIF population, each uint8 (samples, time, neurons), in the graph's
+    order; `output` names the output population."""
 
-    layer_spikes: list[np.ndarray]
+    population_spikes: dict[str, np.ndarray]
+    output: str
 
     @property
     def output_spikes(self) -> np.ndarray:
-        return self.layer_spikes[-1]
+        return self.population_spikes[self.output]
 
     @property
     def predictions(self) -> np.ndarray:
         return predict_classes(self.output_spikes)
 
 
-def _layer_constants(layer: ExportedLayer, network: ExportedNetwork):
-    weights = effective_weights(layer.weights, layer.sign_mode, layer.num_weight_bits, network.hardware)
-    bound = int(np.abs(weights).reshape(weights.shape[0], -1).sum(axis=1).max(initial=0))
-    dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
-    return weights, dtype
+class _NumpyOps:
+    """Array operations of the numpy backend (CPU)."""
+
+    xp = np
+
+    def __init__(self, device=None):
+        pass
+
+    def spikes(self, array: np.ndarray):
+        return array
+
+    def matmul(self, x, weights_t, dtype):
+        return np.rint(x.astype(dtype) @ weights_t).astype(np.int64)
+
+    def conv(self, x, weights, geometry, dtype):
+        return np.rint(conv_accumulate(x, weights, geometry, dtype)).astype(np.int64)
+
+    def constant(self, array: np.ndarray, dtype=None):
+        return array if dtype is None else array.astype(dtype)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return array
 
 
-def _emulate_batch_numpy(network: ExportedNetwork, spikes: np.ndarray, constants) -> list[np.ndarray]:
-    batch, steps = spikes.shape[:2]
-    x = spikes.reshape(batch, steps, -1)
-    out = []
-    for layer, (weights, dtype) in zip(network.layers, constants):
-        if layer.kind == "conv":
-            sums = conv_accumulate(x.reshape(batch * steps, -1), weights, layer.geometry, dtype)
-            accumulated = np.rint(sums).astype(np.int64).reshape(batch, steps, -1)
-        else:
-            accumulated = np.rint(x.astype(dtype) @ weights.T.astype(dtype)).astype(np.int64)
-        activation = shift_activation(accumulated, layer.weight_exp)
-        params = FixedLIFParameters(layer.du, layer.dv, layer.vth, layer.bias_mant.astype(np.int64), layer.bias_exp)
-        u = np.zeros((batch, layer.out_features), dtype=np.int64)
-        v = np.zeros_like(u)
-        layer_out = np.empty((batch, steps, layer.out_features), dtype=np.uint8)
+class _TorchOps:
+    """Array operations of the torch backend (CPU or CUDA)."""
+
+    def __init__(self, device=None):
+        import torch  # optional: the artifact path stays torch-free unless this backend is chosen
+
+        self.torch, self.xp, self.device = torch, torch, device or "cpu"
+
+    def spikes(self, array: np.ndarray):
+        return self.torch.from_numpy(array).to(self.device)
+
+    def matmul(self, x, weights_t, dtype):
+        return self.torch.round(x.to(weights_t.dtype) @ weights_t).to(self.torch.int64)
+
+    def conv(self, x, weights, geometry, dtype):
+        maps = x.reshape(-1, *geometry.in_shape).to(weights.dtype)
+        sums = self.torch.nn.functional.conv2d(maps, weights, stride=geometry.stride, padding=geometry.padding)
+        return self.torch.round(sums).to(self.torch.int64).reshape(len(maps), -1)
+
+    def constant(self, array: np.ndarray, dtype=None):
+        tensor = self.torch.from_numpy(np.ascontiguousarray(array))
+        if dtype is not None:
+            tensor = tensor.to(self.torch.float32 if dtype == np.float32 else self.torch.float64)
+        return tensor.to(self.device)
+
+    def zeros(self, shape, dtype):
+        kind = {np.int64: self.torch.int64, np.uint8: self.torch.uint8}[dtype]
+        return self.torch.zeros(shape, dtype=kind, device=self.device)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return array.cpu().numpy()
+
+
+_OPS = {"numpy": _NumpyOps, "torch": _TorchOps}
+
+
+class _Simulation:
+    """The deployed graph on one backend: constants prepared once, then batch after batch."""
+
+    def __init__(self, network: ExportedNetwork, ops):
+        self.network, self.graph, self.ops = network, network.graph, ops
+        self.plan = self.graph.plan()
+        self.synapses: dict[str, tuple] = {}
+        for node in self.graph.nodes:
+            if isinstance(node, (Dense, Conv2d)):
+                self.synapses[node.name] = self._synapse_constants(node)
+        self.params = {lif.name: FixedLIFParameters(lif.quantized.du, lif.quantized.dv, lif.quantized.vth,
+                                                    ops.constant(lif.quantized.bias_mant.astype(np.int64)),
+                                                    lif.quantized.bias_exp)
+                       for lif in self.graph.populations}
+
+    def _synapse_constants(self, node: Node) -> tuple:
+        q = node.quantized
+        weights = effective_weights(q.weight, q.sign_mode, q.num_weight_bits, self.network.hardware)
+        bound = int(np.abs(weights).reshape(weights.shape[0], -1).sum(axis=1).max(initial=0))
+        dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
+        edge = self.graph.inputs_of(node.name)[0]
+        source_shape = self.graph.node(edge.source).shape if edge.recurrent else self.graph.shape_of(edge.source)
+        if isinstance(node, Conv2d):
+            return self.ops.constant(weights, dtype), dtype, node.geometry(source_shape)
+        return self.ops.constant(np.ascontiguousarray(weights.T), dtype), dtype, None
+
+    # ---- one function per node type: activation of a synapse, sum, population
+
+    def _synapse(self, node: Node, spikes):
+        """spikes (..., inputs) -> activation (..., outputs) int64, Lava Dense's arithmetic."""
+        weights, dtype, geometry = self.synapses[node.name]
+        lead = spikes.shape[:-1]
+        flat = spikes.reshape(-1, spikes.shape[-1])
+        sums = self.ops.conv(flat, weights, geometry, dtype) if geometry is not None \
+            else self.ops.matmul(flat, weights, dtype)
+        return shift_activation(sums.reshape(*lead, -1), node.quantized.weight_exp)
+
+    @staticmethod
+    def _sum(currents):
+        total = currents[0]
+        for current in currents[1:]:
+            total = total + current
+        return total
+
+    def _population_step(self, node: LIF, activation, state):
+        u, v = state if state is not None else (self.ops.zeros(activation.shape, np.int64),) * 2
+        spikes, u, v = lif_fixed_step(activation, u, v, self.params[node.name], self.network.hardware, self.ops.xp)
+        return spikes, (u, v)
+
+    def _population(self, node: LIF, activation):
+        batch, steps, neurons = activation.shape
+        out = self.ops.zeros((batch, steps, neurons), np.uint8)
+        state = None
         for t in range(steps):
-            s, u, v = lif_fixed_step(activation[:, t], u, v, params, network.hardware, np)
-            layer_out[:, t] = s
-        out.append(layer_out)
-        x = layer_out
-    return out
+            spikes, state = self._population_step(node, activation[:, t], state)
+            out[:, t] = spikes
+        return out
 
+    # ---- running the plan
 
-def _emulate_batch_torch(network: ExportedNetwork, spikes: np.ndarray, constants, device) -> list[np.ndarray]:
-    import torch
+    def _evaluate(self, node: Node, inputs: list, state, over_time: bool):
+        if isinstance(node, (Dense, Conv2d)):
+            return self._synapse(node, inputs[0]), None
+        if isinstance(node, Sum):
+            return self._sum(inputs), None
+        if isinstance(node, LIF):
+            return (self._population(node, inputs[0]), None) if over_time else self._population_step(node, inputs[0], state)
+        if isinstance(node, Output):
+            return inputs[0], None
+        raise TypeError(f"node {node.name}: the emulator has no rule for node type {node.kind} "
+                        "(a deployed graph holds synapses, sums and LIF populations)")
 
-    batch, steps = spikes.shape[:2]
-    x = torch.from_numpy(spikes.reshape(batch, steps, -1)).to(device)
-    out = []
-    for layer, (weights, dtype) in zip(network.layers, constants):
-        tdtype = torch.float32 if dtype == np.float32 else torch.float64
-        if layer.kind == "conv":
-            kernel = torch.from_numpy(weights).to(device=device, dtype=tdtype)
-            maps = x.reshape(batch * steps, *layer.in_shape).to(tdtype)
-            sums = torch.nn.functional.conv2d(maps, kernel, stride=layer.stride, padding=layer.padding)
-            accumulated = torch.round(sums).to(torch.int64).reshape(batch, steps, -1)
-        else:
-            w = torch.from_numpy(weights.T.copy()).to(device=device, dtype=tdtype)
-            accumulated = torch.round(x.to(tdtype) @ w).to(torch.int64)
-        activation = shift_activation(accumulated, layer.weight_exp)
-        bias = torch.from_numpy(layer.bias_mant.astype(np.int64)).to(device)
-        params = FixedLIFParameters(layer.du, layer.dv, layer.vth, bias, layer.bias_exp)
-        u = torch.zeros((batch, layer.out_features), dtype=torch.int64, device=device)
-        v = torch.zeros_like(u)
-        layer_out = torch.empty((batch, steps, layer.out_features), dtype=torch.uint8, device=device)
+    def _delayed(self, spikes):
+        shifted = self.ops.zeros(spikes.shape, np.uint8)
+        shifted[:, 1:] = spikes[:, :-1]
+        return shifted
+
+    def run(self, spikes: np.ndarray) -> dict[str, np.ndarray]:
+        batch, steps = spikes.shape[:2]
+        values = {self.graph.input.name: self.ops.spikes(spikes.reshape(batch, steps, -1))}
+        for stage in self.plan:
+            if stage.recurrent:
+                self._cycle(stage.nodes, values, batch, steps)
+                continue
+            node = self.graph.node(stage.nodes[0])
+            if isinstance(node, Input):
+                continue
+            inputs = [self._delayed(values[e.source]) if e.recurrent else values[e.source]
+                      for e in self.graph.inputs_of(node.name)]
+            values[node.name], _ = self._evaluate(node, inputs, None, over_time=True)
+        return {lif.name: self.ops.to_numpy(values[lif.name]) for lif in self.graph.populations}
+
+    def _cycle(self, members: tuple[str, ...], values: dict, batch: int, steps: int) -> None:
+        """Steps one cycle of the graph through time (recurrent edges read the previous step)."""
+        inside = set(members)
+        spiking = [name for name in members if isinstance(self.graph.node(name), LIF)]
+        for name in spiking:
+            values[name] = self.ops.zeros((batch, steps, self.graph.node(name).neurons), np.uint8)
+        states: dict[str, object] = {name: None for name in members}
         for t in range(steps):
-            s, u, v = lif_fixed_step(activation[:, t], u, v, params, network.hardware, torch)
-            layer_out[:, t] = s
-        out.append(layer_out.cpu().numpy())
-        x = layer_out
-    return out
+            now: dict[str, object] = {}
+            for name in members:
+                inputs = [self._edge_value(edge, t, values, now, inside, batch) for edge in self.graph.inputs_of(name)]
+                now[name], states[name] = self._evaluate(self.graph.node(name), inputs, states[name], over_time=False)
+            for name in spiking:
+                values[name][:, t] = now[name]
+
+    def _edge_value(self, edge: Edge, t: int, values: dict, now: dict, inside: set, batch: int):
+        if not edge.recurrent:
+            return now[edge.source] if edge.source in inside else values[edge.source][:, t]
+        if t == 0:
+            return self.ops.zeros((batch, math.prod(self.graph.node(edge.source).shape)), np.uint8)
+        return values[edge.source][:, t - 1]
 
 
 def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "numpy",
@@ -119,19 +238,12 @@ def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "
         raise ValueError("no samples to emulate")
     if np.any(spikes > 1) or np.any(spikes < 0):
         raise ValueError("input spikes must be 0 or 1")
-    if backend not in ("numpy", "torch"):
+    if backend not in _OPS:
         raise ValueError(f"unknown emulator backend {backend!r}; choose 'numpy' or 'torch'")
-    constants = [_layer_constants(layer, network) for layer in network.layers]
-    chunks: list[list[np.ndarray]] = []
-    starts = range(0, len(spikes), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="emulator", unit="batch", leave=False)
-    for start in starts:
-        batch = spikes[start : start + batch_size].astype(np.uint8)
-        if backend == "numpy":
-            chunks.append(_emulate_batch_numpy(network, batch, constants))
-        else:
-            chunks.append(_emulate_batch_torch(network, batch, constants, device or "cpu"))
-    return EmulationResult([np.concatenate([c[i] for c in chunks]) for i in range(len(network.layers))])
+    simulation = _Simulation(network, _OPS[backend](device))
+    chunks: list[dict[str, np.ndarray]] = []
+    for start in tqdm(range(0, len(spikes), batch_size), desc="emulator", unit="batch", leave=False,
+                      disable=not progress):
+        chunks.append(simulation.run(spikes[start : start + batch_size].astype(np.uint8)))
+    populations = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+    return EmulationResult(populations, network.graph.output_population.name)

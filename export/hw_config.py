@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-SIGN_MODES = ("mixed", "excitatory", "inhibitory")
+from netgraph.nodes import SIGN_MODES
 
 
 class HardwareConfigError(ValueError):
@@ -29,6 +29,7 @@ class HardwareConfig:
             v[t] = clip(decay(v, dv + dv_offset) + u + bias_mant << bias_exp)
             spike when v > vth << vth_shift, then v = 0.
     decay(x, d) = trunc_toward_zero(x * (2^decay_bits - d) / 2^decay_bits).
+    A synapse may delay its input by up to 2^delay_bits - 1 steps beyond the Dense's one.
     """
 
     name: str
@@ -39,6 +40,7 @@ class HardwareConfig:
     weight_exp_min: int
     weight_exp_max: int
     activation_bits: int
+    delay_bits: int
     # neuron parameters
     bias_mant_bits: int
     bias_exp_min: int
@@ -78,6 +80,10 @@ class HardwareConfig:
     @property
     def vth_max(self) -> int:
         return (1 << self.vth_bits) - 1
+
+    @property
+    def max_synaptic_delay(self) -> int:
+        return (1 << self.delay_bits) - 1
 
     @property
     def state_limit(self) -> int:
@@ -122,7 +128,7 @@ def hardware_config_from_dict(raw: Any, where: str) -> HardwareConfig:
         else:
             values[name] = _require_int(raw, name, where)
     cfg = HardwareConfig(**values)
-    positive = ("weight_bits", "num_weight_bits_max", "activation_bits", "bias_mant_bits", "vth_bits",
+    positive = ("weight_bits", "num_weight_bits_max", "activation_bits", "delay_bits", "bias_mant_bits", "vth_bits",
                 "decay_bits", "state_bits", "neurons_per_core", "cores_per_chip",
                 "synaptic_memory_bits_per_core", "fan_in_axons_per_core", "fan_out_axons_per_core")
     for name in positive:

@@ -1,30 +1,41 @@
 """Runs an exported network on Lava 0.10.0's CPU simulator, many samples per run.
 
-Graph, built from the artifact alone (no trainer import):
+Graph, built from the artifact alone (no trainer import), one factory per node type:
 
-    SpikeIO.s_out -> [Dense -> LIFReset] x layers; recorded LIFReset.s_out -> SpikeIO.a_in<i>
+    Input      one SpikeIO process plays the input spikes (and records the populations)
+    Dense      Lava Dense, or DelayDense when its path must wait (export.timing)
+    Conv2d     the same, with the conv unrolled into its (out, in) matrix
+    Sum        nothing: several synapses connected to one LIF's `a_in` are added by Lava
+    LIF        LIFReset, zeroing u and v when a new sample's first input arrives
+    Output     the output population's recording
 
-Timing. Lava's Dense sends at step t what it accumulated at step t-1, so layer l (0-based)
-sees the input of sample step j at Lava step j + l + 2 (steps are 1-based; SpikeIO sends
-row j at step j + 1). Samples are played back to back, T steps each; `LIFReset` zeroes u and
-v at the start of every step with `time_step % T == reset_offset`, so each layer's
-`reset_offset` is (l + 2) mod T: the step at which its first input of a new sample
-arrives. The recorder of layer l therefore holds sample k's step j in row k T + j + l + 1,
-and the run lasts samples * T + layers steps so the last sample leaves the pipeline.
-`PipelineSchedule` is this arithmetic, in one place; outputs are re-aligned to
-(samples, T, neurons), the emulator's zero-delay timing.
+Timing. Lava's Dense sends at step t what it received at step t-1, so a population runs
+as many steps behind the input as there are Dense stages on its path (export.timing gives
+`emit[P]`: sample step j of population P runs at Lava step j + emit[P] of the first sample,
+and the synaptic delays that make every path into a population equally long, so the
+deployed timing equals the trained one). Samples are played back to back, T steps each;
+P's `LIFReset` offset is emit[P] mod T, its recording of sample k step j lands in row
+k T + j + emit[P] - 1, and the run lasts samples * T + max(emit) - 1 steps.
+`PipelineSchedule` is this arithmetic, in one place; recordings are re-aligned to
+(samples, T, neurons), the emulator's timing.
+
+Recurrent synapses. A recurrent Dense holds the population's last spikes of one sample
+when the next sample starts (Lava's Dense has no reset), which the trained network never
+sees (every sample starts from zero). So the run pauses where a sample's first step is
+about to reach a population with a recurrent input and clears that Dense's in-flight
+input (`a_buff`, the value it sends at the next step), as a host resetting a chip between
+samples would. Feed-forward networks never pause.
 
 Convolutions (with any average pool folded in by the exporter) are handed to Lava as a
-`Dense` with the conv unrolled into its (out, in) matrix (`ExportedLayer.weight_matrix`): the
-same bit-accurate Dense arithmetic that every layer uses, so the mapping is exact by
-construction, at the cost of storing every synapse (the quantization report's core count
-says what that means on a chip).
+Dense with the unrolled matrix: the same bit-accurate Dense arithmetic as every synapse,
+exact by construction, at the cost of storing every synapse (the quantization report's core
+count says what that means on a chip).
 
 Parameters. `fixed_pt` hands Lava the artifact's integers (weights, sign mode, weight_exp,
 du, dv, vth, bias_mant, bias_exp), validated first: a non-integer vth/du/dv makes a
-fixed-point run hang. `floating_pt` hands it the trained float parameters: du = 1 (u takes
-each step's input), dv = 1 - tau, bias_mant = b, and vth = the largest float64 below Vth,
-because Lava fires on v > vth and STBP on u >= Vth.
+fixed-point run hang. `floating_pt` hands it the trained float parameters: du = 1 -
+tau_current (1: u takes each step's input), dv = 1 - tau, bias_mant = b, and vth = the
+largest float64 below Vth, because Lava fires on v > vth and the trained neuron on v >= Vth.
 
 The runtime is always stopped, on success, on exceptions and on Ctrl-C, and any worker
 process that survives the stop is terminated.
@@ -35,6 +46,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -43,10 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from export.artifact import ExportedLayer, ExportedNetwork
-from export.emulator import predict_classes
+from export.conv import conv_matrix
+from export.network import ExportedNetwork
+from export.timing import DeploymentTiming, deployment_timing
 from export.validate import validate_network
+from netgraph import LIF, SYNAPSE_TYPES, Conv2d, Graph, Node, predict_classes
 
 MODES = ("fixed_pt", "floating_pt")
 
@@ -66,48 +81,58 @@ def check_lava_compatible(network: ExportedNetwork) -> None:
                          + ", ".join(f"{k} = {mine} (Lava: {lava})" for k, (mine, lava) in differing.items()))
 
 
+
 class LavaRunError(RuntimeError):
     """A Lava run failed or did not produce its recordings."""
 
 
 @dataclass(frozen=True)
 class PipelineSchedule:
-    """Where each sample's steps sit in one long Lava run (see the module docstring)."""
+    """Where each sample's steps sit in one long Lava run (see the module docstring).
+    emit: Lava step of sample 0, step 0 of every population (export.timing)."""
 
     samples: int
     time_steps: int
-    num_layers: int
+    emit: dict[str, int]
 
     @property
     def total_steps(self) -> int:
-        return self.samples * self.time_steps + self.num_layers
+        return self.samples * self.time_steps + max(self.emit.values()) - 1
 
-    def reset_offset(self, layer: int) -> int:
-        """Lava step (mod T) at which layer `layer` receives the first input of a sample."""
-        return (layer + 2) % self.time_steps
+    def reset_offset(self, population: str) -> int:
+        """Lava step (mod T) at which `population` receives the first input of a sample."""
+        return self.emit[population] % self.time_steps
 
-    def first_row(self, layer: int) -> int:
-        """Recorder row (0-based) holding sample 0, step 0 of layer `layer`."""
-        return layer + 1
+    def first_row(self, population: str) -> int:
+        """Recorder row (0-based) holding sample 0, step 0 of `population`."""
+        return self.emit[population] - 1
 
-    def align(self, rows: np.ndarray, layer: int) -> np.ndarray:
+    def clear_points(self, population: str) -> list[int]:
+        """Steps after which the run pauses to clear recurrent input into `population`:
+        just before each sample's first step reaches it."""
+        first = self.emit[population] - 1
+        return [first + k * self.time_steps for k in range(self.samples)]
+
+    def align(self, rows: np.ndarray, population: str) -> np.ndarray:
         """Recorder rows (total_steps, neurons) -> (samples, T, neurons) in sample time."""
-        start = self.first_row(layer)
+        start = self.first_row(population)
         used = rows[start : start + self.samples * self.time_steps]
         return used.reshape(self.samples, self.time_steps, -1)
 
 
 @dataclass
 class LavaRunResult:
-    """Spikes of the recorded layers, each uint8 (samples, T, neurons), and run figures."""
+    """Spikes of the recorded populations, each uint8 (samples, T, neurons), and run figures."""
 
     mode: str
-    layer_spikes: dict[int, np.ndarray]
+    population_spikes: dict[str, np.ndarray]
+    output: str
     samples: int
     shards: int
     wall_s: float
     lava_steps: int
     setup_s: float = 0.0
+    pauses: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -116,11 +141,11 @@ class LavaRunResult:
 
     @property
     def output_spikes(self) -> np.ndarray:
-        return self.layer_spikes[max(self.layer_spikes)]
+        return self.population_spikes[self.output]
 
     @property
     def predictions(self) -> np.ndarray:
-        """Class with the most output spikes, ties to the lowest index (export.emulator.predict_classes)."""
+        """Class with the most output spikes, ties to the lowest index (netgraph.predict_classes)."""
         return predict_classes(self.output_spikes)
 
 
@@ -133,8 +158,6 @@ def import_lava() -> None:
     method is already 'fork', or not set, that call is made harmless; any other method is an
     error Lava cannot run under.
     """
-    import sys
-
     name = "lava.magma.runtime.message_infrastructure.multiprocessing"
     if name in sys.modules:
         return
@@ -149,40 +172,56 @@ def import_lava() -> None:
         multiprocessing.set_start_method = original
 
 
-def _lava_layer(layer: ExportedLayer, mode: str, time_steps: int, reset_offset: int):
-    from lava.proc.dense.process import Dense
-    from lava.proc.lif.process import LIFReset
-    from lava.utils.weightutils import SignMode
+def _synapse_matrix(graph: Graph, node: Node, float_weights: bool) -> np.ndarray:
+    """The synapse as the (out, in) matrix a Lava Dense holds (a conv unrolled)."""
+    weights = node.weight if float_weights else node.quantized.weight
+    if isinstance(node, Conv2d):
+        return conv_matrix(np.asarray(weights), node.geometry(_source_shape(graph, node.name)))
+    return np.asarray(weights)
 
-    neurons = layer.out_features
+
+def _source_shape(graph: Graph, name: str) -> tuple[int, ...]:
+    edge = graph.inputs_of(name)[0]
+    return graph.node(edge.source).shape if edge.recurrent else graph.shape_of(edge.source)
+
+
+def _lava_synapse(graph: Graph, node: Node, mode: str, delay: int):
+    """Lava's Dense (or DelayDense when the path must wait `delay` more steps) for a synapse."""
+    from lava.proc.dense.process import DelayDense, Dense  # lava: loaded only when a Lava run is built
+    from lava.utils.weightutils import SignMode  # (same)
+
     if mode == "fixed_pt":
-        dense = Dense(
-            weights=layer.weight_matrix().astype(np.int32), weight_exp=int(layer.weight_exp),
-            num_weight_bits=int(layer.num_weight_bits), sign_mode=SignMode[layer.sign_mode.upper()],
-            name=f"{layer.name}.dense",
-        )
-        lif = LIFReset(
-            shape=(neurons,), du=int(layer.du), dv=int(layer.dv), vth=int(layer.vth),
-            bias_mant=layer.bias_mant.astype(np.int32), bias_exp=int(layer.bias_exp),
-            reset_interval=time_steps, reset_offset=reset_offset, name=f"{layer.name}.lif",
-        )
+        q = node.quantized
+        kwargs = dict(weights=_synapse_matrix(graph, node, False).astype(np.int32), weight_exp=int(q.weight_exp),
+                      num_weight_bits=int(q.num_weight_bits), sign_mode=SignMode[q.sign_mode.upper()])
     else:
-        dense = Dense(weights=layer.weight_matrix(float_weights=True).astype(np.float64), name=f"{layer.name}.dense")
-        lif = LIFReset(
-            shape=(neurons,), du=1.0, dv=1.0 - float(layer.tau),
-            vth=float(np.nextafter(float(layer.v_threshold), -np.inf)),
-            bias_mant=layer.bias_float.astype(np.float64), bias_exp=0,
-            reset_interval=time_steps, reset_offset=reset_offset, name=f"{layer.name}.lif",
-        )
-    return dense, lif
+        kwargs = dict(weights=_synapse_matrix(graph, node, True).astype(np.float64))
+    if delay:
+        return DelayDense(delays=int(delay), name=node.name, **kwargs)
+    return Dense(name=node.name, **kwargs)
+
+
+def _lava_population(node: LIF, mode: str, time_steps: int, reset_offset: int):
+    """Lava's LIFReset for a population, zeroing its state every T steps at `reset_offset`."""
+    from lava.proc.lif.process import LIFReset  # lava: loaded only when a Lava run is built
+
+    common = dict(shape=(node.neurons,), reset_interval=time_steps, reset_offset=reset_offset, name=node.name)
+    if mode == "fixed_pt":
+        q = node.quantized
+        return LIFReset(du=int(q.du), dv=int(q.dv), vth=int(q.vth), bias_mant=q.bias_mant.astype(np.int32),
+                        bias_exp=int(q.bias_exp), **common)
+    return LIFReset(du=1.0 - float(node.tau_current), dv=1.0 - float(node.tau),
+                    vth=float(np.nextafter(float(node.v_threshold), -np.inf)),
+                    bias_mant=np.asarray(node.bias, np.float64), bias_exp=0, **common)
 
 
 @dataclass
 class _ShardGraph:
     io: object
-    recorder_paths: dict[int, Path]
+    recorder_paths: dict[str, Path]
     schedule: PipelineSchedule
     run_cfg: object
+    clears: dict[int, list] = field(default_factory=dict)  # step -> recurrent Lava synapses to clear
     steps_done: int = 0
     started: bool = False
     workers: list = field(default_factory=list)  # this runtime's worker processes
@@ -193,32 +232,61 @@ class _ShardGraph:
     def steps_left(self) -> int:
         return self.schedule.total_steps - self.steps_done
 
+    def next_stop(self, chunk: int) -> int:
+        """Steps to run before the next pause: a chunk, the end, or a clearing point."""
+        target = min(self.steps_done + chunk, self.schedule.total_steps)
+        upcoming = [step for step in self.clears if self.steps_done < step < target]
+        return (min(upcoming) if upcoming else target) - self.steps_done
 
-def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record: list[int],
-                 workdir: Path, shard: int, reset_offsets: list[int] | None) -> _ShardGraph:
-    from lava.magma.core.run_configs import Loihi2SimCfg
 
-    from lava_backend.spike_io.processes import spike_io_classes
+def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record: list[str],
+                 workdir: Path, shard: int, timing: DeploymentTiming,
+                 reset_offsets: dict[str, int] | None) -> _ShardGraph:
+    from lava.magma.core.run_configs import Loihi2SimCfg  # lava: loaded only when a Lava run is built
 
+    from lava_backend.spike_io.processes import spike_io_classes  # (same: that module imports lava)
+
+    graph = network.graph
     samples, steps = spikes.shape[:2]
-    schedule = PipelineSchedule(samples, steps, len(network.layers))
+    schedule = PipelineSchedule(samples, steps, {p.name: timing.emit[p.name] for p in graph.populations})
     flat = spikes.reshape(samples * steps, -1).astype(bool)
     io_process, io_model = spike_io_classes(len(record))
-    paths = {index: workdir / f"shard{shard}_layer{index}.npy" for index in record}
+    paths = {name: workdir / f"shard{shard}_{name}.npy" for name in record}
     io = io_process(packed=np.packbits(flat, axis=1), input_neurons=flat.shape[1],
-                    record_sizes=[network.layers[i].out_features for i in record], steps=schedule.total_steps,
-                    output_paths=[str(paths[i]) for i in record], name=f"shard{shard}.io")
-    previous = io.s_out
-    for index, layer in enumerate(network.layers):
-        offset = schedule.reset_offset(index) if reset_offsets is None else reset_offsets[index]
-        dense, lif = _lava_layer(layer, mode, steps, offset)
-        previous.connect(dense.s_in)
-        dense.a_out.connect(lif.a_in)
-        previous = lif.s_out
-        if index in record:
-            lif.s_out.connect(getattr(io, f"a_in{record.index(index)}"))
+                    record_sizes=[graph.node(name).neurons for name in record], steps=schedule.total_steps,
+                    output_paths=[str(paths[name]) for name in record], name=f"shard{shard}.io")
+    spikes_of = {graph.input.name: io.s_out}
+    populations = {}
+    for lif in graph.populations:
+        offset = schedule.reset_offset(lif.name) if reset_offsets is None else reset_offsets[lif.name]
+        populations[lif.name] = _lava_population(lif, mode, steps, offset)
+        spikes_of[lif.name] = populations[lif.name].s_out
+    clears: dict[int, list] = {}
+    for node in graph.nodes_of_type(*SYNAPSE_TYPES):
+        edge = graph.inputs_of(node.name)[0]
+        synapse = _lava_synapse(graph, node, mode, timing.delay[node.name])
+        target = graph.population_of(node.name).name
+        spikes_of[edge.source].connect(synapse.s_in)
+        synapse.a_out.connect(populations[target].a_in)
+        if edge.recurrent:
+            for step in schedule.clear_points(target):
+                clears.setdefault(step, []).append(synapse)
+    for index, name in enumerate(record):
+        populations[name].s_out.connect(getattr(io, f"a_in{index}"))
     run_cfg = Loihi2SimCfg(select_tag=mode, exception_proc_model_map={io: io_model})  # keyed by instance
-    return _ShardGraph(io, paths, schedule, run_cfg)
+    return _ShardGraph(io, paths, schedule, run_cfg, clears)
+
+
+def _clear_in_flight(graph: _ShardGraph) -> None:
+    """Zeroes what each recurrent synapse due now would deliver at the next step: all of a
+    Dense's buffer, column 0 of a DelayDense's (its later columns belong to the new sample)."""
+    for synapse in graph.clears.get(graph.steps_done, ()):
+        buffer = np.array(synapse.a_buff.get())
+        if buffer.ndim == 2:
+            buffer[:, 0] = 0
+        else:
+            buffer[:] = 0
+        synapse.a_buff.set(buffer)
 
 
 def _lava_workers() -> list:
@@ -296,57 +364,105 @@ def _terminate_leftover_workers(notes: list[str]) -> None:
         notes.append(f"terminated a Lava worker that survived stop(): pid {child.pid}")
 
 
-def run_network(
-    network: ExportedNetwork,
-    input_spikes: np.ndarray,
-    mode: str = "fixed_pt",
-    record: str | list[int] = "all",
-    shards: int | None = None,
-    progress: bool = True,
-    updates: int = 20,
-    reset_offsets: list[int] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> LavaRunResult:
-    """Runs `input_spikes` (samples, T, *input_shape) of 0/1 through Lava in one long run per shard.
+def _records(network: ExportedNetwork, record: str | list[str]) -> list[str]:
+    names = [p.name for p in network.populations]
+    if record == "all":
+        return names
+    if record == "output":
+        return [network.graph.output_population.name]
+    chosen = [str(name) for name in record]
+    unknown = sorted(set(chosen) - set(names))
+    if not chosen or unknown:
+        raise ValueError(f"record must name populations among {', '.join(names)}; got {record}")
+    return [name for name in names if name in chosen]
 
-    record: 'all' layers, 'output', or a list of layer indices.
-    shards: parallel Lava runtimes, each taking a contiguous slice of the samples; None picks
-        one per available CPU core, at most one per 100 samples. With several shards each
-        runtime's workers are pinned to one core (set STBP_LAVA_PIN=0 to leave them free):
-        on a 2-core machine that is what makes the second runtime pay off.
-    reset_offsets: override the per-layer LIFReset offsets (for tests of the alignment).
-    on_progress(steps_done, steps_total) is called after every chunk of steps.
-    """
+
+def _check_inputs(network: ExportedNetwork, spikes: np.ndarray, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"unknown Lava mode {mode!r}; choose one of {', '.join(MODES)}")
-    spikes = np.asarray(input_spikes)
     expected = (network.time_steps, *network.input_shape)
     if spikes.ndim < 2 or tuple(spikes.shape[1:]) != expected or len(spikes) == 0:
         raise ValueError(f"input spikes have shape {spikes.shape}; expected (samples >= 1, {', '.join(map(str, expected))})")
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    if shards is None:
-        shards = max(1, min(len(cpus), len(spikes) // 100))
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
     validate_network(network)  # a non-integer or out-of-range parameter would make fixed_pt hang
     if mode == "fixed_pt":
         check_lava_compatible(network)
     if np.any(spikes > 1) or np.any(spikes < 0):
         raise ValueError("input spikes must be 0 or 1 (Lava treats any non-zero value as a spike)")
-    num_layers = len(network.layers)
-    if record == "all":
-        layers_to_record = list(range(num_layers))
-    elif record == "output":
-        layers_to_record = [num_layers - 1]
-    else:
-        layers_to_record = sorted(set(int(i) for i in record))
-        if not layers_to_record or not all(0 <= i < num_layers for i in layers_to_record):
-            raise ValueError(f"record must name layers in 0..{num_layers - 1}, got {record}")
-    if reset_offsets is not None and len(reset_offsets) != num_layers:
-        raise ValueError(f"reset_offsets needs {num_layers} entries, got {len(reset_offsets)}")
+
+
+def _start_or_continue(graph: _ShardGraph, steps: int, run_steps, pin_to: int | None, cpus: list[int]) -> float:
+    """Starts `steps` more steps of one runtime without blocking; returns the set-up time."""
+    first = not graph.started
+    t0 = time.perf_counter()
+    if first and pin_to is not None:
+        os.sched_setaffinity(0, {pin_to})
+    before = set(_lava_workers()) if first else set()
+    # Workers forked with SIGINT ignored: Ctrl-C reaches only this process, which then
+    # stops them, instead of every worker dying mid-message.
+    quiet = first and threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if quiet else None
+    try:
+        graph.in_flight = True
+        graph.io.run(condition=run_steps(num_steps=steps, blocking=False), run_cfg=graph.run_cfg)
+    finally:
+        if quiet:
+            signal.signal(signal.SIGINT, previous_handler)
+        if first:
+            graph.workers = [p for p in _lava_workers() if p not in before]
+        if first and pin_to is not None:
+            os.sched_setaffinity(0, cpus)
+    graph.started = True
+    graph.steps_done += steps
+    return time.perf_counter() - t0 if first else 0.0
+
+
+def _collect(graphs: list[_ShardGraph], network: ExportedNetwork, record: list[str]) -> dict[str, np.ndarray]:
+    recordings: dict[str, list[np.ndarray]] = {name: [] for name in record}
+    for graph in graphs:
+        for name, path in graph.recorder_paths.items():
+            if not path.is_file():
+                raise LavaRunError(f"Lava run ended without the recording of population {name} ({path.name})")
+            rows = np.unpackbits(np.load(path), axis=1, count=network.graph.node(name).neurons)
+            recordings[name].append(graph.schedule.align(rows, name))
+    return {name: np.concatenate(parts) for name, parts in recordings.items()}
+
+
+def run_network(
+    network: ExportedNetwork,
+    input_spikes: np.ndarray,
+    mode: str = "fixed_pt",
+    record: str | list[str] = "all",
+    shards: int | None = None,
+    progress: bool = True,
+    updates: int = 20,
+    reset_offsets: dict[str, int] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LavaRunResult:
+    """Runs `input_spikes` (samples, T, *input_shape) of 0/1 through Lava in one long run per shard.
+
+    record: 'all' populations, 'output', or a list of population names.
+    shards: parallel Lava runtimes, each taking a contiguous slice of the samples; None picks
+        one per available CPU core, at most one per 100 samples. With several shards each
+        runtime's workers are pinned to one core (set STBP_LAVA_PIN=0 to leave them free):
+        on a 2-core machine that is what makes the second runtime pay off.
+    reset_offsets: override the populations' LIFReset offsets (for tests of the alignment).
+    on_progress(steps_done, steps_total) is called after every chunk of steps.
+    """
+    spikes = np.asarray(input_spikes)
+    _check_inputs(network, spikes, mode)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if shards is None:
+        shards = max(1, min(len(cpus), len(spikes) // 100))
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    recorded = _records(network, record)
+    names = [p.name for p in network.populations]
+    if reset_offsets is not None and set(reset_offsets) != set(names):
+        raise ValueError(f"reset_offsets needs one entry per population ({', '.join(names)})")
+    timing = deployment_timing(network.graph, network.hardware.max_synaptic_delay)
 
     import_lava()
-    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_conditions import RunSteps  # lava: loaded only when a Lava run is built
 
     slices = [s for s in np.array_split(np.arange(len(spikes)), min(shards, len(spikes))) if len(s)]
     notes: list[str] = []
@@ -356,65 +472,36 @@ def run_network(
     with tempfile.TemporaryDirectory(prefix="stbp-lava-") as tmp:
         try:
             for shard, indices in enumerate(slices):
-                graphs.append(_build_shard(network, spikes[indices[0] : indices[-1] + 1], mode,
-                                           layers_to_record, Path(tmp), shard, reset_offsets))
+                graphs.append(_build_shard(network, spikes[indices[0] : indices[-1] + 1], mode, recorded, Path(tmp),
+                                           shard, timing, reset_offsets))
             total = sum(g.schedule.total_steps for g in graphs)
             chunk = max(1, math.ceil(max(g.schedule.total_steps for g in graphs) / max(1, updates)))
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(spikes), desc=f"lava {mode}", unit="sample", leave=False)
-            setup_s = 0.0
+            bar = tqdm(total=len(spikes), desc=f"lava {mode}", unit="sample", leave=False, disable=not progress)
+            setup_s, done, pauses = 0.0, 0, 0
             pin = (len(graphs) > 1 and len(cpus) > 1 and hasattr(os, "sched_setaffinity")
                    and os.environ.get("STBP_LAVA_PIN", "1") == "1")
-            done = 0
             while any(g.steps_left for g in graphs):
                 active = [g for g in graphs if g.steps_left]
-                for graph_index, graph in enumerate(active):
-                    steps = min(chunk, graph.steps_left)
-                    first = not graph.started
-                    t0 = time.perf_counter()
-                    if first and pin:
-                        os.sched_setaffinity(0, {cpus[graph_index % len(cpus)]})
-                    before = set(_lava_workers()) if first else set()
-                    # Workers forked with SIGINT ignored: Ctrl-C reaches only this process,
-                    # which then stops them, instead of every worker dying mid-message.
-                    quiet = first and threading.current_thread() is threading.main_thread()
-                    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if quiet else None
-                    try:
-                        graph.in_flight = True
-                        graph.io.run(condition=RunSteps(num_steps=steps, blocking=False), run_cfg=graph.run_cfg)
-                    finally:
-                        if quiet:
-                            signal.signal(signal.SIGINT, previous_handler)
-                        if first:
-                            graph.workers = [p for p in _lava_workers() if p not in before]
-                        if first and pin:
-                            os.sched_setaffinity(0, cpus)
-                    if first:
-                        setup_s += time.perf_counter() - t0
-                    graph.started = True
-                    graph.steps_done += steps
+                for index, graph in enumerate(active):
+                    steps = graph.next_stop(chunk)
+                    setup_s += _start_or_continue(graph, steps, RunSteps, cpus[index % len(cpus)] if pin else None, cpus)
                     done += steps
                 _wait_for(active)
-                if bar is not None:
-                    bar.update(min(len(spikes), round(len(spikes) * done / total)) - bar.n)
+                for graph in active:
+                    if graph.steps_done in graph.clears:
+                        _clear_in_flight(graph)
+                        pauses += 1
+                bar.update(min(len(spikes), round(len(spikes) * done / total)) - bar.n)
                 if on_progress is not None:
                     on_progress(done, total)
             wall = time.perf_counter() - started
-            recordings: dict[int, list[np.ndarray]] = {i: [] for i in layers_to_record}
-            for graph in graphs:
-                for index, path in graph.recorder_paths.items():
-                    if not path.is_file():
-                        raise LavaRunError(f"Lava run ended without the recording of layer {index} ({path.name})")
-                    rows = np.unpackbits(np.load(path), axis=1, count=network.layers[index].out_features)
-                    recordings[index].append(graph.schedule.align(rows, index))
+            population_spikes = _collect(graphs, network, recorded)
         finally:
             if bar is not None:
                 bar.close()
             _stop(graphs, notes)
     return LavaRunResult(
-        mode=mode, layer_spikes={i: np.concatenate(parts) for i, parts in recordings.items()},
-        samples=len(spikes), shards=len(graphs), wall_s=wall,
-        lava_steps=sum(g.schedule.total_steps for g in graphs), setup_s=setup_s, notes=notes,
+        mode=mode, population_spikes=population_spikes, output=network.graph.output_population.name,
+        samples=len(spikes), shards=len(graphs), wall_s=wall, lava_steps=sum(g.schedule.total_steps for g in graphs),
+        setup_s=setup_s, pauses=pauses, notes=notes,
     )

@@ -6,7 +6,7 @@ import yaml
 
 
 def stbp(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "stbp_cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_train_cli_writes_checkpoint_and_prints_accuracy(tmp_path):

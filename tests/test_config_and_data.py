@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainer.config import ConfigError, config_from_dict, load_config
-from trainer.data import DataError, load_digits_dataset, load_mnist_dataset, read_idx
+from spikedata import DataError, load_digits_dataset, load_mnist_dataset, read_idx
 from trainer.encoding import bernoulli_encode, encode
 
 VALID = {"model": {"layers": [{"type": "dense", "units": 10}]}}

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from export.conv import (ConvGeometry, conv_accumulate, conv_matrix, fold_avgpool_into_conv,
-                         fold_avgpool_into_dense)
+from export.conv import conv_accumulate, conv_matrix, fold_avgpool_into_conv, fold_avgpool_into_dense
+from netgraph.geometry import ConvGeometry
 from trainer.config import ConfigError, config_from_dict
 
 
@@ -53,10 +53,12 @@ def _model(layers):
 
 
 @pytest.mark.parametrize("layers, message", [
-    ([{"type": "avgpool", "kernel_size": 2}, {"type": "dense", "units": 10}], "avgpool must follow a conv"),
-    ([{"type": "conv", "channels": 4, "kernel_size": 3}, {"type": "avgpool", "kernel_size": 2}], "cannot be the last"),
+    ([{"type": "dense", "units": 5}, {"type": "avgpool", "kernel_size": 2}, {"type": "dense", "units": 10}],
+     "layers\\[1\\].inputs\\[0\\]: avgpool must read a conv layer or the input"),
+    ([{"type": "conv", "channels": 4, "kernel_size": 3}, {"type": "avgpool", "kernel_size": 2}],
+     "layers\\[1\\]: the last layer is the output and must be dense or conv"),
     ([{"type": "dense", "units": 5}, {"type": "conv", "channels": 4, "kernel_size": 3}, {"type": "dense", "units": 10}],
-     "conv after a dense"),
+     "a conv layer cannot read the dense layer 'layer0'"),
     ([{"type": "conv", "channels": 4, "kernel_size": 3, "units": 3}, {"type": "dense", "units": 10}], "do not apply"),
     ([{"type": "conv", "kernel_size": 3}, {"type": "dense", "units": 10}], "channels: required"),
 ])
@@ -70,8 +72,9 @@ def test_pool_that_does_not_divide_the_map_is_refused():
 
     config = config_from_dict(_model([{"type": "conv", "channels": 2, "kernel_size": 3},
                                       {"type": "avgpool", "kernel_size": 4}, {"type": "dense", "units": 10}]))
-    with pytest.raises(ValueError, match="model.layers\\[1\\] \\(avgpool\\): pool size 4 must divide the 6x6 map"):
-        SpikingNetwork(config.model, (1, 8, 8))
+    with pytest.raises(ConfigError, match="model.layers\\[1\\] \\(pool0\\): edge layer0 -> pool0: pool size 4 must "
+                                          "divide the 6x6 map"):
+        SpikingNetwork.from_config(config.model, (1, 8, 8))
 
 
 def test_trained_cnn_exports_and_runs_bit_exact_on_lava(tmp_path):
@@ -79,11 +82,12 @@ def test_trained_cnn_exports_and_runs_bit_exact_on_lava(tmp_path):
     from export.artifact import load_artifact, save_artifact
     from export.emulator import emulate
     from export.hw_config import resolve_hardware_config
-    from export.quantize import export_checkpoint
     from lava_backend.runner import run_network
+    from spikedata import load_dataset
+    from stbp_cli.pipeline import export_checkpoint
     from trainer.checkpoint import build_model, load_checkpoint
-    from trainer.data import load_dataset
-    from trainer.train import encode_split, train
+    from trainer.encoding import encode_split
+    from trainer.train import train
 
     config = config_from_dict({
         "seed": 1, "output_dir": str(tmp_path / "cnn"),
@@ -97,24 +101,27 @@ def test_trained_cnn_exports_and_runs_bit_exact_on_lava(tmp_path):
     })
     checkpoint_path = train(config, progress=False).checkpoint_path
     network, report = export_checkpoint(checkpoint_path, resolve_hardware_config("loihi2"))
-    assert [layer.kind for layer in network.layers] == ["conv", "conv", "dense"]
-    assert network.layers[1].weights.shape == (6, 4, 6, 6) and network.layers[1].stride == 2  # pool folded in
+    assert [n.kind for n in network.graph.nodes if n.kind in ("Conv2d", "Dense", "AvgPool2d")] == \
+        ["Conv2d", "Conv2d", "Dense"]  # the pool is folded away
+    folded = network.graph.node("layer1_from_pool0")
+    assert folded.quantized.weight.shape == (6, 4, 6, 6) and folded.stride == 2  # pool folded in
+    assert [e.source for e in network.graph.inputs_of("layer1_from_pool0")] == ["layer0"]
     save_artifact(network, tmp_path / "cnn.onnx")
     network = load_artifact(tmp_path / "cnn.onnx")
-    assert network.layers[1].in_shape == (4, 8, 8)
+    assert network.graph.shape_of("layer0") == (4, 8, 8)
     test = load_dataset("digits").test.head(25)
-    spikes = encode_split(network.encoding, test, network.time_steps, network.eval_seed)
+    spikes = encode_split(network.encoding, test.inputs, network.time_steps, network.eval_seed)
     emulated = emulate(network, spikes)
     torch_emulated = emulate(network, spikes, backend="torch")
     lava = run_network(network, spikes, mode="fixed_pt", progress=False)
-    for index, expected in enumerate(emulated.layer_spikes):
-        np.testing.assert_array_equal(lava.layer_spikes[index], expected, err_msg=f"layer {index}")
-        np.testing.assert_array_equal(torch_emulated.layer_spikes[index], expected)
-    assert sum(s.sum() for s in emulated.layer_spikes[:-1]) > 0
+    for name, expected in emulated.population_spikes.items():
+        np.testing.assert_array_equal(lava.population_spikes[name], expected, err_msg=name)
+        np.testing.assert_array_equal(torch_emulated.population_spikes[name], expected)
+    assert emulated.population_spikes["layer0"].sum() > 0 and emulated.population_spikes["layer1"].sum() > 0
     # Lava's float models run the folded float network: they must reproduce the trained CNN,
     # pooling included.
     lava_float = run_network(network, spikes, mode="floating_pt", progress=False)
     with torch.no_grad():
         trained = build_model(load_checkpoint(checkpoint_path))(torch.from_numpy(spikes).float())
-    for index, expected in enumerate(trained.layer_spikes):
-        assert (lava_float.layer_spikes[index] == expected.numpy().astype(np.uint8)).mean() > 0.999
+    for name, expected in trained.population_spikes.items():
+        assert (lava_float.population_spikes[name] == expected.numpy().astype(np.uint8)).mean() > 0.999

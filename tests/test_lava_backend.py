@@ -2,6 +2,7 @@
 its multi-sample alignment, runtime cleanup, and the fidelity harness and its gates."""
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 
 import numpy as np
@@ -9,65 +10,50 @@ import pytest
 
 pytest.importorskip("lava", reason="the Lava backend needs lava-nc (Python 3.10, `pip install -e .[lava]`)")
 
-from export.artifact import ExportedLayer, ExportedNetwork, save_artifact  # noqa: E402
 from export.emulator import emulate  # noqa: E402
-from export.hw_config import resolve_hardware_config  # noqa: E402
-from export.quantize import FloatLayer, export_checkpoint, quantize_network  # noqa: E402
+from export.network import ExportedNetwork  # noqa: E402
+from export.timing import deployment_timing  # noqa: E402
 from export.validate import ExportRangeError  # noqa: E402
+from helpers import (HW, _synapse_shape, chain_structure, integer_network, recurrent_structure,  # noqa: E402
+                     skip_structure)
+from lava_backend import runner  # noqa: E402
 from lava_backend.fidelity import BackendRun, build_report, check_gates, compare_pair  # noqa: E402
 from lava_backend.runner import PipelineSchedule, run_network  # noqa: E402
-
-HW = resolve_hardware_config("loihi2")
-
-
-def integer_layer(name, weights, bias_mant, vth, dv, bias_exp=0, weight_exp=0, sign_mode="mixed", num_weight_bits=8):
-    weights = np.asarray(weights, dtype=np.int64)
-    return ExportedLayer(
-        name=name, weights=weights, weight_exp=weight_exp, num_weight_bits=num_weight_bits, sign_mode=sign_mode,
-        bias_mant=np.asarray(bias_mant, dtype=np.int64), bias_exp=bias_exp, vth=vth, du=4095, dv=dv, scale=1.0,
-        weight_float=weights.astype(np.float32), bias_float=np.zeros(len(weights), np.float32), tau=0.5,
-        v_threshold=1.0,
-    )
+from netgraph import LIF, Conv2d, Dense, Edge, Graph, Input, Output, Sum  # noqa: E402
 
 
-def integer_network(layers, time_steps):
-    return ExportedNetwork(tuple(layers), (layers[0].in_features,), "bernoulli", time_steps, 0, HW)
-
-
-def random_integer_network(rng, sizes, time_steps, dv, vth, bias_exp=0, weight_exp=0, sign_mode="mixed", bits=8):
-    low, high, step = HW.weight_range(sign_mode, bits)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = rng.integers(low // step, high // step + 1, size=(n_out, n_in)) * step
-        w.flat[:2] = [low, high]  # weights at both clip limits
-        bias = rng.integers(-300, 300, size=n_out)
-        layers.append(integer_layer(f"l{i}", w, bias, vth, dv, bias_exp, weight_exp, sign_mode, bits))
-    return integer_network(layers, time_steps)
+def random_chain(rng, sizes, time_steps, **kwargs) -> ExportedNetwork:
+    return integer_network(chain_structure(sizes), time_steps, rng, **kwargs)
 
 
 def assert_bit_exact(network, spikes, **kwargs):
     emulated = emulate(network, spikes)
     lava = run_network(network, spikes, mode="fixed_pt", progress=False, **kwargs)
-    for index, expected in enumerate(emulated.layer_spikes):
-        np.testing.assert_array_equal(lava.layer_spikes[index], expected, err_msg=f"layer {index}")
+    assert list(lava.population_spikes) == list(emulated.population_spikes)
+    for name, expected in emulated.population_spikes.items():
+        np.testing.assert_array_equal(lava.population_spikes[name], expected, err_msg=f"population {name}")
     return emulated, lava
 
 
 # --------------------------------------------------------------------------- alignment (pure)
 
 
-def test_schedule_offsets_and_rows_follow_one_step_of_delay_per_layer():
-    # Lava step 1 sends input row 0; layer l's LIF sees it at step l + 2 and its recorder
-    # (same step, no delay) stores it in row l + 1.
-    schedule = PipelineSchedule(samples=4, time_steps=5, num_layers=3)
-    assert [schedule.reset_offset(l) for l in range(3)] == [2, 3, 4]
-    assert [schedule.first_row(l) for l in range(3)] == [1, 2, 3]
+def test_schedule_offsets_and_rows_follow_one_step_of_delay_per_synapse():
+    # Lava step 1 sends input row 0; the l-th population of a chain sees it at step l + 2
+    # and its recorder (same step, no delay) stores it in row l + 1.
+    timing = deployment_timing(chain_structure((4, 4, 4, 4)), 63)
+    assert timing.emit == {"input": 1, "l0": 2, "l1": 3, "l2": 4} and set(timing.delay.values()) == {0}
+    schedule = PipelineSchedule(samples=4, time_steps=5, emit={"l0": 2, "l1": 3, "l2": 4})
+    assert [schedule.reset_offset(p) for p in ("l0", "l1", "l2")] == [2, 3, 4]
+    assert [schedule.first_row(p) for p in ("l0", "l1", "l2")] == [1, 2, 3]
     assert schedule.total_steps == 4 * 5 + 3
-    assert [PipelineSchedule(1, 3, 4).reset_offset(l) for l in range(4)] == [2, 0, 1, 2]
+    assert [PipelineSchedule(1, 3, {"a": e}).reset_offset("a") for e in (2, 3, 4, 5)] == [2, 0, 1, 2]
     rows = np.arange(schedule.total_steps)[:, None]
-    aligned = schedule.align(rows, layer=1)
+    aligned = schedule.align(rows, "l1")
     assert aligned.shape == (4, 5, 1)
     assert aligned[0, :, 0].tolist() == [2, 3, 4, 5, 6] and aligned[3, 4, 0] == 21
+    # A recurrent input into l1 is cleared just before each sample's first step reaches it.
+    assert schedule.clear_points("l1") == [2, 7, 12, 17]
 
 
 # --------------------------------------------------------------------------- fixed_pt bit-exactness
@@ -85,17 +71,18 @@ def test_schedule_offsets_and_rows_follow_one_step_of_delay_per_layer():
 )
 def test_lava_fixed_pt_matches_the_emulator_bit_for_bit(sizes, time_steps, dv, vth, bias_exp, weight_exp, sign_mode, bits):
     rng = np.random.default_rng(sum(sizes) + time_steps)
-    network = random_integer_network(rng, sizes, time_steps, dv, vth, bias_exp, weight_exp, sign_mode, bits)
+    network = random_chain(rng, sizes, time_steps, dv=dv, vth=vth, bias_exp=bias_exp, weight_exp=weight_exp,
+                           sign_mode=sign_mode, bits=bits)
     spikes = (rng.random((9, time_steps, sizes[0])) < 0.4).astype(np.uint8)
     emulated, _ = assert_bit_exact(network, spikes)
-    assert sum(s.sum() for s in emulated.layer_spikes) > 0  # the case is not vacuous
+    assert sum(s.sum() for s in emulated.population_spikes.values()) > 0  # the case is not vacuous
 
 
 def test_lava_fixed_pt_and_emulator_agree_on_ties_at_threshold_and_saturation():
     # vth = 4: one input of weight 4 gives v = 256 = 4 << 6 exactly, which must not fire;
     # two give 512 and fire. A huge bias drives v into the 24-bit clip every step.
-    layer = integer_layer("tie", [[4, 0], [4, 4], [-256, 254]], [0, 0, 4095], vth=4, dv=0, bias_exp=7)
-    network = integer_network([layer], 4)
+    network = integer_network(chain_structure((2, 3)), 4, weights={"d0": [[4, 0], [4, 4], [-256, 254]]},
+                              bias={"l0": [0, 0, 4095]}, vth=4, dv=0, bias_exp=7)
     spikes = np.array([[[1, 0], [1, 0], [0, 1], [1, 1]]], dtype=np.uint8)
     emulated, _ = assert_bit_exact(network, spikes)
     # By hand: neuron 0 gets 256, 512 (fires), 0, 256 -> spikes only at step 1.
@@ -105,43 +92,123 @@ def test_lava_fixed_pt_and_emulator_agree_on_ties_at_threshold_and_saturation():
 def test_lava_fixed_pt_matches_on_a_trained_network_and_floating_pt_matches_the_float_model(trained_digits):
     import torch
 
+    from spikedata import load_dataset
+    from stbp_cli.pipeline import export_checkpoint
     from trainer.checkpoint import build_model, load_checkpoint
-    from trainer.data import load_dataset
-    from trainer.train import encode_split
+    from trainer.encoding import encode_split
 
     checkpoint_path, _ = trained_digits
     network, _ = export_checkpoint(checkpoint_path, HW)
     test = load_dataset("digits").test.head(60)
-    spikes = encode_split(network.encoding, test, network.time_steps, network.eval_seed)
+    spikes = encode_split(network.encoding, test.inputs, network.time_steps, network.eval_seed)
     assert_bit_exact(network, spikes, shards=2)
     lava_float = run_network(network, spikes, mode="floating_pt", progress=False)
     with torch.no_grad():
         trained = build_model(load_checkpoint(checkpoint_path))(torch.from_numpy(spikes).float())
-    for index, expected in enumerate(trained.layer_spikes):
-        agreement = (lava_float.layer_spikes[index] == expected.numpy().astype(np.uint8)).mean()
-        assert agreement > 0.999, f"layer {index}: {agreement}"
+    for name, expected in trained.population_spikes.items():
+        agreement = (lava_float.population_spikes[name] == expected.numpy().astype(np.uint8)).mean()
+        assert agreement > 0.999, f"population {name}: {agreement}"
     np.testing.assert_array_equal(lava_float.predictions, trained.output_spikes.sum(1).argmax(1).numpy())
 
 
 def test_a_wrong_reset_offset_breaks_bit_exactness():
     rng = np.random.default_rng(4)
-    network = random_integer_network(rng, (12, 10, 6), 5, 1024, 200)
+    network = random_chain(rng, (12, 10, 6), 5, dv=1024, vth=200)
     spikes = (rng.random((6, 5, 12)) < 0.5).astype(np.uint8)
-    assert_bit_exact(network, spikes, reset_offsets=[2, 3])  # the schedule's own offsets pass
-    for wrong in ([3, 3], [2, 4], [1, 2]):
+    assert_bit_exact(network, spikes, reset_offsets={"l0": 2, "l1": 3})  # the schedule's own offsets pass
+    for wrong in ({"l0": 3, "l1": 3}, {"l0": 2, "l1": 4}, {"l0": 1, "l1": 2}):
         with pytest.raises(AssertionError):
             assert_bit_exact(network, spikes, reset_offsets=wrong)
 
 
 def test_shards_give_the_same_spikes_as_one_run():
     rng = np.random.default_rng(5)
-    network = random_integer_network(rng, (10, 8, 4), 4, 3277, 100)
+    network = integer_network(recurrent_structure(), 4, rng, vth=100)
     spikes = (rng.random((7, 4, 10)) < 0.5).astype(np.uint8)
     one = run_network(network, spikes, shards=1, progress=False)
     three = run_network(network, spikes, shards=3, progress=False)
     assert three.shards == 3
-    for index in one.layer_spikes:
-        np.testing.assert_array_equal(one.layer_spikes[index], three.layer_spikes[index])
+    for name in one.population_spikes:
+        np.testing.assert_array_equal(one.population_spikes[name], three.population_spikes[name])
+
+
+# --------------------------------------------------------------------------- skip and recurrent connections
+
+
+def conv_skip_structure() -> Graph:
+    """A residual block on 2x6x6 maps: a -> b -> c, and a -> c through a 1x1 conv shortcut."""
+    return Graph((Input("input", (2, 6, 6)), Conv2d("a_in", 3, (3, 3), padding=1), LIF("a", (3, 6, 6)),
+                  Conv2d("b_in", 3, (3, 3), padding=1), LIF("b", (3, 6, 6)), Conv2d("c_main", 3, (3, 3), padding=1),
+                  Conv2d("c_skip", 3, (1, 1)), Sum("c_sum"), LIF("c", (3, 6, 6)), Dense("out_in", 4), LIF("out", (4,)),
+                  Output("output")),
+                 (Edge("input", "a_in"), Edge("a_in", "a"), Edge("a", "b_in"), Edge("b_in", "b"), Edge("b", "c_main"),
+                  Edge("a", "c_skip"), Edge("c_main", "c_sum"), Edge("c_skip", "c_sum"), Edge("c_sum", "c"),
+                  Edge("c", "out_in"), Edge("out_in", "out"), Edge("out", "output")))
+
+
+def _no_alignment(graph, max_delay):
+    """The timing without the delays that align paths: each synapse delivers after one step."""
+    timing = deployment_timing(graph, max_delay)
+    return dataclasses.replace(timing, delay={name: 0 for name in timing.delay})
+
+
+@pytest.mark.parametrize("structure", ["dense", "conv"])
+def test_skip_connection_is_bit_exact_because_the_short_path_is_delayed(structure, monkeypatch):
+    rng = np.random.default_rng(11)
+    graph = skip_structure(10, 8, 4) if structure == "dense" else conv_skip_structure()
+    network = integer_network(graph, 6, rng, vth=180 if structure == "dense" else 400)
+    spikes = (rng.random((6, 6, *network.input_shape)) < 0.4).astype(np.uint8)
+    assert deployment_timing(network.graph, 63).delay["c_skip"] == 1
+    emulated, _ = assert_bit_exact(network, spikes)
+    assert emulated.population_spikes["c"].sum() > 0
+    # Without the delay the shortcut's spikes arrive a step early: Lava then differs.
+    monkeypatch.setattr(runner, "deployment_timing", _no_alignment)
+    with pytest.raises(AssertionError, match="population c"):
+        assert_bit_exact(network, spikes)
+
+
+def test_recurrent_connection_is_bit_exact_because_in_flight_input_is_cleared(monkeypatch):
+    rng = np.random.default_rng(12)
+    network = integer_network(recurrent_structure(10, 8, 4), 5, rng, vth=120)
+    spikes = (rng.random((8, 5, 10)) < 0.4).astype(np.uint8)
+    emulated, lava = assert_bit_exact(network, spikes, shards=2)
+    assert lava.pauses > 0
+    assert emulated.population_spikes["h"][:, -1].sum() > 0  # last steps spike: a leak would show
+    # Without clearing, a sample's last spikes leak into the next sample's first step.
+    monkeypatch.setattr(runner, "_clear_in_flight", lambda graph: None)
+    with pytest.raises(AssertionError, match="population h"):
+        assert_bit_exact(network, spikes)
+
+
+def test_current_based_neurons_are_bit_exact():
+    rng = np.random.default_rng(13)
+    for structure in (chain_structure((10, 8, 4)), recurrent_structure()):
+        network = integer_network(structure, 6, rng, du=1024, dv=2048, vth=300)
+        spikes = (rng.random((6, 6, 10)) < 0.4).astype(np.uint8)
+        emulated, _ = assert_bit_exact(network, spikes)
+        assert sum(s.sum() for s in emulated.population_spikes.values()) > 0
+
+
+def test_floating_pt_follows_the_float_parameters_on_a_skip_and_a_recurrent_graph():
+    # Integer-valued float weights equal to the integer ones, no bias, full decays (tau =
+    # tau_current = 0): floating_pt fires when the step's input a >= vth + 1/64, i.e. a >= 62
+    # for vth = 61; fixed_pt when 64 a + r > 64 * 61, where r = v_prev // 4096 is the
+    # residue its 12-bit decay keeps (|r| <= 11 with these small weights). Weights are even
+    # and vth odd, so both fire exactly when a >= 62: the modes must agree spike for spike.
+    rng = np.random.default_rng(14)
+    for structure in (skip_structure(), recurrent_structure()):
+        weights = {n.name: rng.integers(-20, 21, size=_synapse_shape(structure, n)) * 2
+                   for n in structure.nodes if isinstance(n, (Dense, Conv2d))}
+        fixed = integer_network(structure, 5, weights=weights, du=4095, dv=4095, vth=61,
+                                bias={lif.name: np.zeros(lif.neurons) for lif in structure.populations})
+        floating = dataclasses.replace(fixed, graph=fixed.graph.replace(nodes=[
+            dataclasses.replace(lif, tau=0.0, v_threshold=61.0 + 1.0 / 64) for lif in fixed.graph.populations]))
+        spikes = (rng.random((5, 5, 10)) < 0.5).astype(np.uint8)
+        a = run_network(fixed, spikes, mode="fixed_pt", progress=False)
+        b = run_network(floating, spikes, mode="floating_pt", progress=False)
+        assert sum(x.sum() for x in a.population_spikes.values()) > 0
+        for name in a.population_spikes:
+            np.testing.assert_array_equal(a.population_spikes[name], b.population_spikes[name], err_msg=name)
 
 
 # --------------------------------------------------------------------------- safety
@@ -154,7 +221,7 @@ def _lava_workers():
 @pytest.mark.parametrize("exception", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_runtime_is_stopped_and_no_worker_is_left_after_an_exception(exception):
     rng = np.random.default_rng(6)
-    network = random_integer_network(rng, (8, 6, 3), 4, 3277, 100)
+    network = random_chain(rng, (8, 6, 3), 4, vth=100)
     spikes = (rng.random((20, 4, 8)) < 0.5).astype(np.uint8)
 
     def fail(done, total):
@@ -170,41 +237,40 @@ def test_runtime_is_stopped_and_no_worker_is_left_after_an_exception(exception):
 
 
 def test_non_integer_parameters_are_refused_before_lava_can_hang():
-    layer = integer_layer("bad", [[2]], [0], vth=10, dv=100)
-    network = integer_network([dataclass_replace(layer, vth=10.5)], 3)
-    with pytest.raises(ExportRangeError, match="vth must be an integer"):
-        run_network(network, np.zeros((1, 3, 1), np.uint8), progress=False)
+    good = integer_network(chain_structure((1, 1)), 3, weights={"d0": [[2]]}, bias={"l0": [0]}, vth=10, dv=100)
+    lif = good.graph.node("l0")
+    bad = dataclasses.replace(good, graph=good.graph.replace(
+        nodes=[dataclasses.replace(lif, quantized=dataclasses.replace(lif.quantized, vth=10.5))]))
+    with pytest.raises(ExportRangeError, match="node l0 \\(LIF\\): vth must be an integer"):
+        run_network(bad, np.zeros((1, 3, 1), np.uint8), progress=False)
     with pytest.raises(ValueError, match="expected \\(samples >= 1, 3, 1\\)"):
-        run_network(integer_network([layer], 3), np.zeros((1, 4, 1), np.uint8), progress=False)
+        run_network(good, np.zeros((1, 4, 1), np.uint8), progress=False)
     with pytest.raises(ValueError, match="unknown Lava mode"):
-        run_network(integer_network([layer], 3), np.zeros((1, 3, 1), np.uint8), mode="fixed", progress=False)
-
-
-def dataclass_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
+        run_network(good, np.zeros((1, 3, 1), np.uint8), mode="fixed", progress=False)
 
 
 # --------------------------------------------------------------------------- fidelity harness
 
 
-def _run(name, *layers):
-    return BackendRun(name, [np.asarray(layer, dtype=np.uint8) for layer in layers], 1.0)
+def _run(name, *populations):
+    spikes = {f"p{i}": np.asarray(p, dtype=np.uint8) for i, p in enumerate(populations)}
+    return BackendRun(name, spikes, f"p{len(populations) - 1}", 1.0)
 
 
 def test_pair_comparison_finds_the_first_divergence_by_hand():
-    # 2 samples, T = 3; layer 0 has 2 neurons, layer 1 has 2 (classes).
+    # 2 samples, T = 3; population p0 has 2 neurons, p1 (the output) 2 classes.
     ref0 = [[[1, 0], [0, 1], [1, 1]], [[0, 0], [1, 0], [0, 0]]]
     ref1 = [[[1, 0], [1, 0], [0, 0]], [[0, 1], [0, 1], [0, 0]]]
     cand0 = [[[1, 0], [0, 1], [1, 1]], [[0, 0], [1, 0], [0, 1]]]  # sample 1 differs at step 2
     cand1 = [[[1, 0], [1, 0], [0, 0]], [[0, 1], [1, 0], [1, 0]]]  # sample 1 differs at step 1
     pair = compare_pair(_run("a", ref0, ref1), _run("b", cand0, cand1), False)
-    assert [layer.mismatched_spikes for layer in pair.layers] == [1, 3]
-    assert pair.layers[0].spike_train_match == pytest.approx(3 / 4)
-    assert pair.layers[1].spike_train_match == pytest.approx(2 / 4)
-    # The earliest difference of sample 1 is layer 1 at step 1 (before layer 0's at step 2).
-    assert [(d.sample, d.layer, d.time_step) for d in pair.first_divergence] == [(1, 1, 1)]
+    assert [p.mismatched_spikes for p in pair.populations] == [1, 3]
+    assert [p.population for p in pair.populations] == ["p0", "p1"]
+    assert pair.populations[0].spike_train_match == pytest.approx(3 / 4)
+    assert pair.populations[1].spike_train_match == pytest.approx(2 / 4)
+    # The earliest difference of sample 1 is p1 at step 1 (before p0's at step 2).
+    assert [(d.sample, d.population, d.time_step) for d in pair.first_divergence] == [(1, "p1", 1)]
+    assert pair.divergence_by_population == {"p1": 1}
     # Predictions: sample 1 counts (0, 2) vs (2, 1) -> class 1 vs class 0.
     assert pair.prediction_changes == 1 and not pair.identical
 
@@ -219,7 +285,7 @@ def test_gates_fail_with_a_one_line_reason():
     bad = build_report({"trained": _run("trained", same), "emulator": _run("emulator", same),
                         "lava_fixed": _run("lava_fixed", worse)}, labels, 1)
     reason = check_gates(bad, max_accuracy_drop=None, require_bit_exact=True)
-    assert "emulator and Lava fixed_pt differ (layer 0: 2 spikes in 1 samples)" in reason and "\n" not in reason
+    assert "emulator and Lava fixed_pt differ (p0: 2 spikes in 1 samples)" in reason and "\n" not in reason
     reason = check_gates(bad, max_accuracy_drop=10.0, require_bit_exact=False)
     assert reason.startswith("deployed accuracy dropped 50.00 pp") and "\n" not in reason
     assert check_gates(bad, max_accuracy_drop=60.0, require_bit_exact=False) is None
@@ -230,7 +296,7 @@ def test_gates_fail_with_a_one_line_reason():
 def test_cli_compare_reports_and_gates(trained_digits, tmp_path, capsys):
     import json
 
-    from trainer.cli import main
+    from stbp_cli.main import main
 
     checkpoint_path, _ = trained_digits
     artifact = tmp_path / "net.onnx"
@@ -240,7 +306,7 @@ def test_cli_compare_reports_and_gates(trained_digits, tmp_path, capsys):
               "--json", str(tmp_path / "f.json"), "--plot", str(tmp_path / "f.png")]
     assert main(common + ["--require-bit-exact", "--max-accuracy-drop", "5"]) == 0
     out = capsys.readouterr().out
-    assert "emulator == Lava fixed_pt: bit-exact on every layer and sample" in out
+    assert "emulator == Lava fixed_pt: bit-exact on every population and sample" in out
     report = json.loads((tmp_path / "f.json").read_text())
     assert report["bit_exact_emulator_vs_lava_fixed"] is True
     assert set(report["accuracy"]) == {"trained", "emulator", "lava_fixed", "lava_float"}
@@ -266,13 +332,13 @@ def test_cli_compare_reports_and_gates(trained_digits, tmp_path, capsys):
 
 
 def test_cli_demo_runs_the_whole_pipeline_and_run_reports_accuracy(tmp_path, capsys):
-    from trainer.cli import main
+    from stbp_cli.main import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(out), "--epochs", "2", "--limit", "30", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for stage in ("[1/3] training", "[2/3] exporting", "[3/3]", "quantization report", "lava_fixed",
-                  "emulator == Lava fixed_pt: bit-exact on every layer and sample"):
+                  "emulator == Lava fixed_pt: bit-exact on every population and sample"):
         assert stage in printed
     assert all((out / name).is_file() for name in ("checkpoint.safetensors", "net.onnx", "fidelity.json", "fidelity.png"))
     assert main(["run", str(out / "net.onnx"), "--limit", "25", "--no-progress",
@@ -298,8 +364,9 @@ def test_a_worker_that_dies_mid_run_ends_the_run_with_an_error_not_a_hang():
         import multiprocessing, numpy as np
         import lava_backend.runner as runner
         from lava_backend.spike_io import processes
-        from export.artifact import ExportedLayer, ExportedNetwork
-        from export.hw_config import resolve_hardware_config
+        import sys
+        sys.path.insert(0, "tests")
+        from helpers import chain_structure, integer_network
 
         original = processes.PySpikeIOModelBase.run_spk
         def failing(self):
@@ -308,10 +375,8 @@ def test_a_worker_that_dies_mid_run_ends_the_run_with_an_error_not_a_hang():
             original(self)
         processes.PySpikeIOModelBase.run_spk = failing  # inherited by the forked worker
 
-        w = np.array([[2, -2], [4, 0]], dtype=np.int64)
-        layer = ExportedLayer("l0", w, 0, 8, "mixed", np.zeros(2, np.int64), 0, 1, 4095, 0, 1.0,
-                              w.astype(np.float32), np.zeros(2, np.float32), 0.5, 1.0)
-        net = ExportedNetwork((layer,), (2,), "bernoulli", 3, 0, resolve_hardware_config("loihi2"))
+        net = integer_network(chain_structure((2, 2)), 3, weights={"d0": [[2, -2], [4, 0]]}, bias={"l0": [0, 0]},
+                              vth=1, dv=0)
         try:
             runner.run_network(net, np.ones((4, 3, 2), np.uint8), progress=False, shards=1, updates=10)
         except runner.LavaRunError as exc:
@@ -339,13 +404,11 @@ def test_ctrl_c_during_a_run_stops_every_lava_process(tmp_path):
     script.write_text(textwrap.dedent("""
         import multiprocessing, numpy as np
         import lava_backend.runner as runner
-        from export.artifact import ExportedLayer, ExportedNetwork
-        from export.hw_config import resolve_hardware_config
+        import sys
+        sys.path.insert(0, "tests")
+        from helpers import chain_structure, integer_network
         rng = np.random.default_rng(0)
-        w = (rng.integers(-128, 128, size=(50, 40)) * 2).astype(np.int64)
-        layer = ExportedLayer("l0", w, 0, 8, "mixed", np.zeros(50, np.int64), 0, 100, 4095, 0, 1.0,
-                              w.astype(np.float32), np.zeros(50, np.float32), 0.5, 1.0)
-        net = ExportedNetwork((layer,), (40,), "bernoulli", 10, 0, resolve_hardware_config("loihi2"))
+        net = integer_network(chain_structure((40, 50)), 10, rng, bias={"l0": np.zeros(50)}, vth=100, dv=0)
         print("ready", flush=True)
         try:
             runner.run_network(net, (rng.random((5000, 10, 40)) < 0.3).astype(np.uint8), progress=False,
@@ -374,10 +437,7 @@ def test_ctrl_c_during_a_run_stops_every_lava_process(tmp_path):
 
 
 def test_inputs_lava_cannot_honour_are_refused_naming_the_problem():
-    import dataclasses
-
-    layer = integer_layer("l", [[2]], [0], vth=10, dv=100)
-    network = integer_network([layer], 3)
+    network = integer_network(chain_structure((1, 1)), 3, weights={"d0": [[2]]}, bias={"l0": [0]}, vth=10, dv=100)
     with pytest.raises(ValueError, match="input spikes must be 0 or 1"):
         run_network(network, np.full((1, 3, 1), 2, np.uint8), progress=False)
     with pytest.raises(ValueError, match="input spikes must be 0 or 1"):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.data import DataError, load_dataset
-from trainer.nmnist import bin_events, read_events, write_nmnist_file
+from spikedata import DataError, bin_events, load_dataset, read_events, write_nmnist_file
 
 
 def write_fake_nmnist(root, per_digit=3, seed=0, with_test=False):
@@ -64,10 +63,11 @@ def test_event_network_trains_exports_and_runs_bit_exact_on_lava(tmp_path):
     pytest.importorskip("lava")
     from export.emulator import emulate
     from export.hw_config import resolve_hardware_config
-    from export.quantize import export_checkpoint
     from lava_backend.runner import run_network
+    from stbp_cli.pipeline import export_checkpoint
     from trainer.config import config_from_dict
-    from trainer.train import encode_split, train
+    from trainer.encoding import encode_split
+    from trainer.train import train
 
     root = write_fake_nmnist(tmp_path / "nmnist", per_digit=4)
     config = config_from_dict({
@@ -79,12 +79,13 @@ def test_event_network_trains_exports_and_runs_bit_exact_on_lava(tmp_path):
     result = train(config, progress=False)
     network, _ = export_checkpoint(result.checkpoint_path, resolve_hardware_config("loihi2"))
     assert network.encoding == "events" and network.input_shape == (2, 34, 34)
-    spikes = encode_split("events", result.dataset.test, 6, network.eval_seed)
+    spikes = encode_split("events", result.dataset.test.inputs, 6, network.eval_seed)
     assert np.array_equal(spikes, result.dataset.test.inputs.astype(np.uint8))  # events pass through
     emulated = emulate(network, spikes)
     lava = run_network(network, spikes, progress=False)
-    for index, expected in enumerate(emulated.layer_spikes):
-        np.testing.assert_array_equal(lava.layer_spikes[index], expected)
+    assert list(lava.population_spikes) == ["layer0", "layer1"]
+    for name, expected in emulated.population_spikes.items():
+        np.testing.assert_array_equal(lava.population_spikes[name], expected, err_msg=name)
 
 
 def test_real_nmnist_subset_loads(shared_nmnist):

@@ -6,7 +6,8 @@ import torch
 
 from trainer.checkpoint import CheckpointError, build_model, load_checkpoint
 from trainer.config import config_from_dict
-from trainer.network import SpikingNetwork, paper_init_, predict
+from netgraph import predict_classes
+from trainer.network import SpikingNetwork, paper_init_
 from trainer.train import train
 
 from helpers import tiny_digits_config
@@ -76,10 +77,11 @@ def test_paper_init_gives_unit_norm_rows():
 
 def test_prediction_ties_go_to_the_lowest_class():
     spikes = torch.tensor([[[1, 0, 1], [0, 0, 1], [1, 0, 0]]], dtype=torch.float32)  # counts 2,0,2
-    assert predict(spikes).tolist() == [0]
+    assert predict_classes(spikes).tolist() == [0]
+    assert predict_classes(spikes.numpy()).tolist() == [0]
 
 
 def test_network_rejects_wrong_input_shape(tmp_path):
-    net = SpikingNetwork(tiny_digits_config(tmp_path).model, (1, 8, 8))
+    net = SpikingNetwork.from_config(tiny_digits_config(tmp_path).model, (1, 8, 8))
     with pytest.raises(ValueError, match="expected"):
         net(torch.zeros(2, 6, 64))

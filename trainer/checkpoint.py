@@ -4,6 +4,10 @@ A checkpoint holds the run config, the model weights, the Adam state, the number
 completed epochs, the per-epoch history and the versions that produced it. Training that
 resumes from it continues exactly as if it had not stopped (per-epoch random streams are
 derived from the seed and the epoch number, so no RNG state needs saving).
+
+Format 2 keys the weights by network-graph node (`nodes.<node>.weight|bias`, see
+trainer.network). Format 1 (before the graph: `layers.<config index>.weight|bias`) is read
+and its keys mapped onto the graph the same config builds.
 """
 from __future__ import annotations
 
@@ -13,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from netgraph import Graph
+from netgraph.provenance import atomic_write, package_versions
+from trainer.architecture import synapse_name
 from trainer.config import ConfigError, RunConfig, config_from_dict
-from trainer.provenance import atomic_write, package_versions
+from trainer.network import SpikingNetwork
 
 CHECKPOINT_FORMAT = "stbp-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
 
 
 class CheckpointError(ValueError):
@@ -82,8 +90,6 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
 
@@ -100,15 +106,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an {CHECKPOINT_FORMAT} file (format={metadata.get('format')!r})")
-    if metadata.get("format_version") != str(CHECKPOINT_VERSION):
+    if metadata.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}: checkpoint format version {metadata.get('format_version')!r} is not "
-            f"supported (this program reads version {CHECKPOINT_VERSION})"
+            f"supported (this program reads versions {', '.join(READABLE_VERSIONS)})"
         )
     try:
         config = config_from_dict(json.loads(metadata["config"]), f"{path} (embedded config)")
         groups = json.loads(metadata["optimizer_param_groups"])
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        if metadata["format_version"] == "1":
+            model_state = _keys_from_format_1(model_state, config)
         optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
         return Checkpoint(
             config=config,
@@ -125,11 +133,26 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete or invalid: {exc}") from exc
 
 
-def build_model(checkpoint: Checkpoint):
-    """The SpikingNetwork of a checkpoint with its trained weights, in eval mode, on CPU."""
-    from trainer.network import SpikingNetwork
+def _keys_from_format_1(state: dict[str, torch.Tensor], config: RunConfig) -> dict[str, torch.Tensor]:
+    """Format 1 named parameters by config index (`layers.<i>.weight|bias`); each spiking
+    layer then had one input, so its weight is its one synapse's and its bias its population's."""
+    renamed = {}
+    for key, value in state.items():
+        prefix, index, leaf = key.split(".", 2) if key.count(".") == 2 else (key, "", "")
+        if prefix != "layers" or not index.isdigit() or int(index) >= len(config.model.layers):
+            raise CheckpointError(f"format-1 checkpoint holds an unexpected tensor {key!r}")
+        layer = config.model.layers[int(index)]
+        node = layer.name if leaf == "bias" else synapse_name(layer.name, layer.inputs[0])
+        renamed[f"nodes.{node}.{leaf}"] = value
+    return renamed
 
-    model = SpikingNetwork(checkpoint.config.model, checkpoint.input_shape)
+
+def build_model(checkpoint: Checkpoint) -> SpikingNetwork:
+    """The SpikingNetwork of a checkpoint with its trained weights, in eval mode, on CPU."""
+    try:
+        model = SpikingNetwork.from_config(checkpoint.config.model, checkpoint.input_shape)
+    except (ConfigError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint.path}: the network its config describes cannot be built: {exc}") from exc
     try:
         model.load_state_dict(checkpoint.model_state)
     except RuntimeError as exc:
@@ -137,3 +160,8 @@ def build_model(checkpoint: Checkpoint):
             f"{checkpoint.path}: weights do not fit the model described by its config: {exc}"
         ) from exc
     return model.eval()
+
+
+def float_graph(checkpoint: Checkpoint) -> Graph:
+    """The checkpoint's network graph with its trained float parameters (for the exporter)."""
+    return build_model(checkpoint).float_graph()

@@ -13,12 +13,15 @@ from typing import Any
 
 import yaml
 
+from netgraph.nodes import NAME_PATTERN
+from spikedata import DATASETS
 from trainer.encoding import ENCODINGS
 from trainer.surrogate import SURROGATE_NAMES
 
 LAYER_TYPES = ("dense", "conv", "avgpool")
 SPIKING_LAYER_TYPES = ("dense", "conv")
-DATASETS = ("digits", "mnist", "nmnist")
+INPUT_NAME = "input"  # what `inputs` calls the network's input
+RESERVED_NAMES = (INPUT_NAME, "output")
 LOSSES = ("mse", "ce")
 INITS = ("pytorch", "paper")
 
@@ -28,15 +31,38 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class LayerInput:
+    """One input of a layer: the layer it reads (by name, or 'input' for the network's
+    input), each through its own synapse of the layer's type.
+
+    recurrent: read the source's spikes of the previous time step (one step of delay); the
+        source may then be the layer itself or a later layer.
+    kernel_size, stride, padding: conv layers only, this synapse's geometry (default: the
+        layer's), e.g. a 1x1 conv on a residual block's shortcut.
+    """
+
+    source: str
+    recurrent: bool = False
+    kernel_size: int | None = None
+    stride: int | None = None
+    padding: int | None = None
+
+
+@dataclass(frozen=True)
 class LayerConfig:
-    """One layer of the feed-forward network.
+    """One layer of the network.
 
     type: 'dense' (fully connected synapses + LIF neurons; `units` neurons; its input is
         flattened in C order), 'conv' (2-D convolution + LIF neurons; `channels` output
         maps, square `kernel_size`, `stride`, zero `padding`), or 'avgpool' (average of
-        non-overlapping `kernel_size` x `kernel_size` windows of the previous conv layer's
-        spikes, no neurons: paper section 3.2.2; the exporter folds it into the next layer).
-    tau, v_threshold: per-layer overrides of the network-wide LIF constants (not for avgpool).
+        non-overlapping `kernel_size` x `kernel_size` windows of a spike map, no neurons:
+        paper section 3.2.2; the exporter folds it into the synapses that read it).
+    name: the layer's node name in the network graph (default layer<k> / pool<k>).
+    inputs: what the layer reads (default: the previous layer, or the network input for
+        the first). Several inputs are summed into the layer's neurons (skip connections);
+        a recurrent input feeds spikes back with one step of delay.
+    tau, v_threshold, tau_current: per-layer overrides of the network-wide LIF constants
+        (not for avgpool).
     """
 
     type: str
@@ -47,6 +73,9 @@ class LayerConfig:
     padding: int = 0
     tau: float | None = None
     v_threshold: float | None = None
+    tau_current: float | None = None
+    name: str | None = None
+    inputs: tuple[LayerInput, ...] | None = None
 
     @property
     def spiking(self) -> bool:
@@ -58,6 +87,9 @@ class ModelConfig:
     layers: tuple[LayerConfig, ...]
     tau: float = 0.2
     v_threshold: float = 0.5
+    # Fraction of the synaptic current kept per step: 0 is STBP (the current is each
+    # step's input); above 0 the neurons are current-based (Loihi's du below 4095).
+    tau_current: float = 0.0
     surrogate: str = "h1"
     surrogate_width: float = 1.0
     init: str = "pytorch"
@@ -167,14 +199,31 @@ def _section(raw: dict, key: str, where: str) -> dict:
     return section
 
 
+def _layer_input(raw: Any, where: str, layer_type: str) -> LayerInput:
+    if isinstance(raw, str):
+        return LayerInput(source=raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a layer name or a mapping like {{source: layer0, recurrent: true}}")
+    _check_keys(raw, {f.name for f in dataclasses.fields(LayerInput)}, where)
+    geometry = {key: _get(raw, key, where, int, None) for key in ("kernel_size", "stride", "padding")}
+    if layer_type != "conv" and any(value is not None for value in geometry.values()):
+        raise ConfigError(f"{where}: kernel_size, stride and padding apply only to the inputs of a conv layer")
+    for key in ("kernel_size", "stride"):
+        _positive_int(geometry[key], f"{where}.{key}")
+    if geometry["padding"] is not None and geometry["padding"] < 0:
+        raise ConfigError(f"{where}.padding: must be >= 0, got {geometry['padding']}")
+    return LayerInput(source=_get(raw, "source", where, str, None, required=True),
+                      recurrent=_get(raw, "recurrent", where, bool, False), **geometry)
+
+
 def _layer(raw: Any, where: str) -> LayerConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping like {{type: dense, units: 100}}")
     _check_keys(raw, {f.name for f in dataclasses.fields(LayerConfig)}, where)
     layer_type = _choice(_get(raw, "type", where, str, None, required=True), LAYER_TYPES, f"{where}.type")
     needed = {"dense": {"units"}, "conv": {"channels", "kernel_size"}, "avgpool": {"kernel_size"}}[layer_type]
-    allowed = needed | {"type"} | ({"stride", "padding"} if layer_type == "conv" else set()) | (
-        {"tau", "v_threshold"} if layer_type != "avgpool" else set())
+    allowed = needed | {"type", "name", "inputs"} | ({"stride", "padding"} if layer_type == "conv" else set()) | (
+        {"tau", "v_threshold", "tau_current"} if layer_type != "avgpool" else set())
     defaults = {"stride": 1, "padding": 0}
     extra = sorted(k for k in set(raw) - allowed if raw[k] is not None and raw[k] != defaults.get(k))
     if extra:
@@ -183,6 +232,9 @@ def _layer(raw: Any, where: str) -> LayerConfig:
     padding = _get(raw, "padding", where, int, 0)
     if padding < 0:
         raise ConfigError(f"{where}.padding: must be >= 0, got {padding}")
+    inputs = raw.get("inputs")
+    if inputs is not None and (not isinstance(inputs, (list, tuple)) or not inputs):
+        raise ConfigError(f"{where}.inputs: expected a non-empty list of layer names or mappings")
     return LayerConfig(
         type=layer_type,
         units=_positive_int(_get(raw, "units", where, int, None, required="units" in needed), f"{where}.units"),
@@ -196,21 +248,84 @@ def _layer(raw: Any, where: str) -> LayerConfig:
         v_threshold=_finite_positive(
             _get(raw, "v_threshold", where, float, None), f"{where}.v_threshold"
         ),
+        tau_current=_tau(_get(raw, "tau_current", where, float, None), f"{where}.tau_current"),
+        name=_get(raw, "name", where, str, None),
+        inputs=None if inputs is None else tuple(
+            _layer_input(item, f"{where}.inputs[{j}]", layer_type) for j, item in enumerate(inputs)),
     )
 
 
-def _check_layer_order(layers: tuple[LayerConfig, ...], where: str) -> None:
-    """avgpool only between a conv and a conv/dense; the network ends with a spiking layer."""
+def _layer_names(layers: tuple[LayerConfig, ...], where: str) -> list[str]:
+    """Each layer's graph node name: its own, else layer<k> (k-th spiking layer) / pool<k>."""
+    names: list[str] = []
+    counts = {"spiking": 0, "pool": 0}
     for i, layer in enumerate(layers):
-        if layer.type == "avgpool":
-            if i == 0 or layers[i - 1].type != "conv":
-                raise ConfigError(f"{where}[{i}]: avgpool must follow a conv layer")
-            if i == len(layers) - 1:
-                raise ConfigError(f"{where}[{i}]: avgpool cannot be the last layer (its output does not spike)")
-        if layer.type == "conv" and any(l.type == "dense" for l in layers[:i]):
-            raise ConfigError(f"{where}[{i}]: conv after a dense layer is not supported (dense flattens)")
-    if not layers[-1].spiking:
-        raise ConfigError(f"{where}[{len(layers) - 1}]: the last layer must be dense or conv")
+        group = "spiking" if layer.spiking else "pool"
+        default = f"layer{counts[group]}" if layer.spiking else f"pool{counts[group]}"
+        counts[group] += 1
+        name = layer.name if layer.name is not None else default
+        if not NAME_PATTERN.fullmatch(name) or name in RESERVED_NAMES:
+            raise ConfigError(f"{where}[{i}].name: {name!r} must be a letter followed by letters, digits or '_' "
+                              f"(at most 64), and not {' or '.join(RESERVED_NAMES)}")
+        if name in names:
+            raise ConfigError(f"{where}[{i}].name: {name!r} is already the name of {where}[{names.index(name)}]")
+        names.append(name)
+    return names
+
+
+def _check_input(layers, names, i: int, j: int, layer_input: LayerInput, where: str) -> None:
+    """One input of layers[i]: it exists, comes earlier unless recurrent, and fits the layer kind."""
+    layer, source = layers[i], layer_input.source
+    if source != INPUT_NAME and source not in names:
+        raise ConfigError(f"{where}.source: no layer is named {source!r} (names: {INPUT_NAME}, {', '.join(names)})")
+    source_layer = layers[names.index(source)] if source != INPUT_NAME else None
+    if layer_input.recurrent:
+        if source_layer is None or not source_layer.spiking:
+            raise ConfigError(f"{where}: a recurrent input must read the spikes of a dense or conv layer, "
+                              f"not {source!r}")
+        if not layer.spiking:
+            raise ConfigError(f"{where}: an avgpool layer cannot have a recurrent input")
+        return
+    if source != INPUT_NAME and names.index(source) >= i:
+        raise ConfigError(f"{where}.source: {source!r} is not an earlier layer (a later layer, or the layer itself, "
+                          "can only be read through a recurrent input: {source: NAME, recurrent: true})")
+    source_type = "input" if source_layer is None else source_layer.type
+    if layer.type == "avgpool" and source_type not in ("input", "conv"):
+        raise ConfigError(f"{where}: avgpool must read a conv layer or the input (it pools a spike map), "
+                          f"not the {source_type} layer {source!r}")
+    if layer.type == "conv" and source_type == "dense":
+        raise ConfigError(f"{where}: a conv layer cannot read the dense layer {source!r} (a dense layer's "
+                          "output is flat)")
+
+
+def _resolve_layers(layers: tuple[LayerConfig, ...], where: str) -> tuple[LayerConfig, ...]:
+    """Fills in every layer's name and inputs and checks the wiring, naming the key."""
+    names = _layer_names(layers, where)
+    resolved = []
+    for i, layer in enumerate(layers):
+        inputs = layer.inputs or (LayerInput(names[i - 1] if i else INPUT_NAME),)
+        if layer.type == "avgpool" and len(inputs) != 1:
+            raise ConfigError(f"{where}[{i}].inputs: an avgpool layer reads exactly one layer")
+        seen = set()
+        for j, layer_input in enumerate(inputs):
+            _check_input(layers, names, i, j, layer_input, f"{where}[{i}].inputs[{j}]")
+            key = (layer_input.source, layer_input.recurrent)
+            if key in seen:
+                raise ConfigError(f"{where}[{i}].inputs[{j}]: {layer_input.source!r} is read twice"
+                                  + (" recurrently" if layer_input.recurrent else ""))
+            seen.add(key)
+        if all(layer_input.recurrent for layer_input in inputs):
+            raise ConfigError(f"{where}[{i}].inputs: needs at least one input that is not recurrent (otherwise "
+                              "nothing from the network input reaches it)")
+        resolved.append(dataclasses.replace(layer, name=names[i], inputs=tuple(inputs)))
+    if not resolved[-1].spiking:
+        raise ConfigError(f"{where}[{len(layers) - 1}]: the last layer is the output and must be dense or conv "
+                          "(an avgpool does not spike)")
+    read = {layer_input.source for layer in resolved for layer_input in layer.inputs}
+    for i, layer in enumerate(resolved[:-1]):
+        if layer.name not in read:
+            raise ConfigError(f"{where}[{i}]: layer {layer.name!r} is read by no layer and is not the output")
+    return tuple(resolved)
 
 
 def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
@@ -224,14 +339,15 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
     w = f"{source}: model"
     _check_keys(m, {f.name for f in dataclasses.fields(ModelConfig)}, w)
     layers_raw = m.get("layers")
-    if not isinstance(layers_raw, list) or not layers_raw:
+    if not isinstance(layers_raw, (list, tuple)) or not layers_raw:
         raise ConfigError(f"{w}.layers: a non-empty list of layers is required")
-    layers = tuple(_layer(layer, f"{w}.layers[{i}]") for i, layer in enumerate(layers_raw))
-    _check_layer_order(layers, f"{w}.layers")
+    layers = _resolve_layers(tuple(_layer(layer, f"{w}.layers[{i}]") for i, layer in enumerate(layers_raw)),
+                             f"{w}.layers")
     model = ModelConfig(
         layers=layers,
         tau=_tau(_get(m, "tau", w, float, 0.2), f"{w}.tau"),
         v_threshold=_finite_positive(_get(m, "v_threshold", w, float, 0.5), f"{w}.v_threshold"),
+        tau_current=_tau(_get(m, "tau_current", w, float, 0.0), f"{w}.tau_current"),
         surrogate=_choice(_get(m, "surrogate", w, str, "h1"), SURROGATE_NAMES, f"{w}.surrogate"),
         surrogate_width=_finite_positive(
             _get(m, "surrogate_width", w, float, 1.0), f"{w}.surrogate_width"

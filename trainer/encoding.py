@@ -5,6 +5,9 @@ emulator, Lava) can be fed the very same input spikes.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
+import numpy as np
 import torch
 
 ENCODINGS = ("bernoulli", "events")
@@ -47,3 +50,29 @@ def encode(
         return passthrough_events(batch, time_steps)
     raise ValueError(f"unknown encoding {kind!r}; choose one of {', '.join(ENCODINGS)}")
 
+
+
+EVAL_CHUNK = 1024
+
+
+def iter_encoded_batches(
+    kind: str, inputs: np.ndarray, time_steps: int, seed: int, chunk: int = EVAL_CHUNK
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The evaluation encoding: fixed seed and fixed chunking, in data order, on CPU.
+
+    Every consumer (trainer evaluation, emulator, Lava, fidelity harness) draws the test
+    spikes through this function, so all of them see identical spikes for a given seed.
+    inputs: a split's inputs (N, ...). Yields (sample slice, spikes (chunk, T, ...) float32 0/1).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(inputs), chunk):
+        window = slice(start, min(start + chunk, len(inputs)))
+        batch = torch.from_numpy(np.ascontiguousarray(inputs[window])).float()
+        yield window, encode(kind, batch, time_steps, generator)
+
+
+def encode_split(kind: str, inputs: np.ndarray, time_steps: int, seed: int) -> np.ndarray:
+    """All evaluation spikes of a split's inputs as uint8 (N, T, ...), see `iter_encoded_batches`."""
+    return np.concatenate(
+        [s.to(torch.uint8).numpy() for _, s in iter_encoded_batches(kind, inputs, time_steps, seed)]
+    )

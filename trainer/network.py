@@ -1,30 +1,33 @@
-"""Spiking networks built from a layer list: synapses + STBP LIF neurons.
+"""The trainable spiking network: a PyTorch module per node of the network graph.
 
-The layer list (`ModelConfig.layers`) is the deployable description: each entry is a
-synaptic operation whose output feeds a population of LIF neurons. The network is
-feed-forward, so each layer's synaptic input for all time steps is one batched
-operation, followed by the LIF recurrence over time.
+Each node type has one module class here (`MODULES`), with two ways to run it:
+    over_time(inputs)    all time steps at once, tensors (batch, time, *shape)
+    step(inputs, state)  one time step, tensors (batch, *shape)
+The network follows the graph's execution plan (netgraph.Graph.plan): nodes outside
+cycles run over all time steps at once (a synapse is one batched product for every step),
+and a cycle closed by recurrent edges runs step by step, each recurrent edge reading its
+source's spikes of the previous step (zeros at step 0), as the graph's timing says.
+
+Parameters: a synapse holds `weight` (Dense (out, in), Conv2d (out, in, kh, kw)); a LIF
+population holds `bias`, one per neuron, or one per channel for a (C, H, W) population (the
+bias of a conv layer). State-dict keys are `nodes.<node name>.weight|bias`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.config import LayerConfig, ModelConfig
-from trainer.neuron import LIFParameters, lif_sequence
+from netgraph import CURRENT, LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, Input, Node, Output, Sum
+from trainer.architecture import build_graph, fan_in
+from trainer.config import ModelConfig
+from trainer.neuron import LIFParameters, LIFState, lif_sequence, lif_step
 from trainer.surrogate import Surrogate
-
-
-def layer_lif_parameters(layer: LayerConfig, model: ModelConfig) -> LIFParameters:
-    """The LIF constants of one layer: its overrides, else the network-wide values."""
-    return LIFParameters(
-        tau=model.tau if layer.tau is None else layer.tau,
-        v_threshold=model.v_threshold if layer.v_threshold is None else layer.v_threshold,
-    )
 
 
 def paper_init_(weight: torch.Tensor, generator: torch.Generator | None = None) -> None:
@@ -36,115 +39,147 @@ def paper_init_(weight: torch.Tensor, generator: torch.Generator | None = None) 
         weight.div_(norms.view(-1, *([1] * (weight.dim() - 1))))
 
 
-class SpikingDense(nn.Module):
-    """Fully connected synapses x = W o + b feeding STBP LIF neurons.
+class NodeModule(nn.Module):
+    """Base of the node modules: `over_time(inputs)` and `step(inputs, state) -> (out, state)`."""
 
-    weight: (out_features, in_features); bias: (out_features,), both in potential units
-    per input spike.
-    """
 
-    def __init__(self, in_features: int, out_features: int, lif: LIFParameters):
+class Passthrough(NodeModule):
+    """Input and Output: the spikes themselves."""
+
+    def over_time(self, inputs):
+        return inputs[0]
+
+    def step(self, inputs, state):
+        return inputs[0], None
+
+
+class DenseSynapse(NodeModule):
+    """x = W s (no bias: the bias belongs to the population). weight: (out, in_features)."""
+
+    def __init__(self, node: Dense, graph: Graph):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features))
-        self.lif = lif
-        # PyTorch's nn.Linear default initialisation.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        bound = 1 / math.sqrt(in_features)
+        in_features = math.prod(_source_shape(graph, node.name))
+        self.weight = nn.Parameter(torch.empty(node.out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's nn.Linear default
+
+    def over_time(self, inputs):
+        return F.linear(inputs[0].flatten(2), self.weight)
+
+    def step(self, inputs, state):
+        return F.linear(inputs[0].flatten(1), self.weight), None
+
+
+class ConvSynapse(NodeModule):
+    """x = K * s (cross-correlation, zero padding). weight: (out_channels, in_channels, kh, kw)."""
+
+    def __init__(self, node: Conv2d, graph: Graph):
+        super().__init__()
+        in_channels = _source_shape(graph, node.name)[0]
+        self.weight = nn.Parameter(torch.empty(node.out_channels, in_channels, *node.kernel_size))
+        self.stride, self.padding = node.stride, node.padding
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's nn.Conv2d default
+
+    def over_time(self, inputs):
+        spikes = inputs[0]
+        batch, steps = spikes.shape[:2]
+        out = F.conv2d(spikes.flatten(0, 1), self.weight, stride=self.stride, padding=self.padding)
+        return out.unflatten(0, (batch, steps))
+
+    def step(self, inputs, state):
+        return F.conv2d(inputs[0], self.weight, stride=self.stride, padding=self.padding), None
+
+
+class AveragePool(NodeModule):
+    """Average of non-overlapping k x k windows of spike maps (paper section 3.2.2)."""
+
+    def __init__(self, node: AvgPool2d, graph: Graph):
+        super().__init__()
+        self.kernel_size = node.kernel_size
+
+    def over_time(self, inputs):
+        spikes = inputs[0]
+        batch, steps = spikes.shape[:2]
+        return F.avg_pool2d(spikes.flatten(0, 1), self.kernel_size).unflatten(0, (batch, steps))
+
+    def step(self, inputs, state):
+        return F.avg_pool2d(inputs[0], self.kernel_size), None
+
+
+class CurrentSum(NodeModule):
+    """Adds its input currents, in edge order."""
+
+    def over_time(self, inputs):
+        total = inputs[0]
+        for current in inputs[1:]:
+            total = total + current
+        return total
+
+    def step(self, inputs, state):
+        return self.over_time(inputs), None
+
+
+class LIFPopulation(NodeModule):
+    """STBP LIF neurons (trainer.neuron) with a trainable bias: one per neuron, or one per
+    channel for a (C, H, W) population."""
+
+    def __init__(self, node: LIF, graph: Graph, surrogate: Surrogate, temporal_gradient: bool):
+        super().__init__()
+        self.params = LIFParameters(node.tau, node.v_threshold, node.tau_current)
+        self.surrogate, self.temporal_gradient = surrogate, temporal_gradient
+        self.per_channel = len(node.shape) == 3
+        self.bias = nn.Parameter(torch.empty(node.shape[0] if self.per_channel else node.neurons))
+        bound = 1 / math.sqrt(fan_in(graph, node.name))  # PyTorch's Linear/Conv2d bias default
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(
-        self, spikes: torch.Tensor, surrogate: Surrogate, temporal_gradient: bool
-    ) -> torch.Tensor:
-        """spikes: (batch, time, in_features) -> (batch, time, out_features)."""
-        synaptic_input = F.linear(spikes, self.weight)
-        out, _ = lif_sequence(synaptic_input, self.lif, surrogate, self.bias, temporal_gradient)
-        return out
+    def _bias(self) -> torch.Tensor:
+        return self.bias.view(-1, 1, 1) if self.per_channel else self.bias
+
+    def over_time(self, inputs):
+        spikes, _ = lif_sequence(inputs[0], self.params, self.surrogate, self._bias(), self.temporal_gradient)
+        return spikes
+
+    def step(self, inputs, state):
+        current = inputs[0]
+        state = LIFState.zeros_like(current) if state is None else state
+        return lif_step(current, state, self.params, self.surrogate, self._bias(), self.temporal_gradient)
+
+    def bias_per_neuron(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The bias as the population's (neurons,) vector, C order."""
+        return self._bias().detach().expand(*shape).reshape(-1) if self.per_channel else self.bias.detach()
 
 
-class SpikingConv2d(nn.Module):
-    """2-D convolution x = K * o (cross-correlation, zero padding) feeding STBP LIF neurons.
-
-    weight: (out_channels, in_channels, k, k); bias: (out_channels,), one per feature map,
-    in potential units per input spike.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,
-                 lif: LIFParameters):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels))
-        self.stride, self.padding, self.lif = stride, padding, lif
-        # PyTorch's nn.Conv2d default initialisation.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        bound = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, spikes: torch.Tensor, surrogate: Surrogate, temporal_gradient: bool) -> torch.Tensor:
-        """spikes: (batch, time, C, H, W) -> (batch, time, out_channels, H', W')."""
-        batch, steps = spikes.shape[:2]
-        synaptic_input = F.conv2d(spikes.flatten(0, 1), self.weight, stride=self.stride, padding=self.padding)
-        synaptic_input = synaptic_input.unflatten(0, (batch, steps))
-        bias = self.bias.view(-1, 1, 1)
-        out, _ = lif_sequence(synaptic_input, self.lif, surrogate, bias, temporal_gradient)
-        return out
+def _source_shape(graph: Graph, name: str) -> tuple[int, ...]:
+    edge = graph.inputs_of(name)[0]
+    return graph.node(edge.source).shape if edge.recurrent else graph.shape_of(edge.source)
 
 
-class AveragePool2d(nn.Module):
-    """Average of non-overlapping k x k windows of spike maps (paper section 3.2.2): no
-    neurons; its output, a fraction of spikes, feeds the next layer's synapses."""
-
-    def __init__(self, kernel_size: int):
-        super().__init__()
-        self.kernel_size = kernel_size
-
-    def forward(self, spikes: torch.Tensor, surrogate: Surrogate, temporal_gradient: bool) -> torch.Tensor:
-        batch, steps = spikes.shape[:2]
-        pooled = F.avg_pool2d(spikes.flatten(0, 1), self.kernel_size)
-        return pooled.unflatten(0, (batch, steps))
-
-
-def layer_shapes(model: ModelConfig, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Output shape of every configured layer (C, H, W) or (features,); raises ValueError
-    naming the layer when a layer does not fit its input."""
-    shape = tuple(input_shape)
-    shapes = []
-    for i, layer in enumerate(model.layers):
-        where = f"model.layers[{i}] ({layer.type})"
-        if layer.type == "dense":
-            shape = (layer.units,)
-        else:
-            if len(shape) == 2:
-                shape = (1, *shape)
-            if len(shape) != 3:
-                raise ValueError(f"{where}: needs a (channels, height, width) input, got {shape}")
-            c, h, w = shape
-            k = layer.kernel_size
-            if layer.type == "conv":
-                oh = (h + 2 * layer.padding - k) // layer.stride + 1
-                ow = (w + 2 * layer.padding - k) // layer.stride + 1
-                if oh < 1 or ow < 1:
-                    raise ValueError(f"{where}: kernel {k} does not fit the {h}x{w} input")
-                shape = (layer.channels, oh, ow)
-            else:
-                if h % k or w % k:
-                    raise ValueError(f"{where}: pool size {k} must divide the {h}x{w} map (folding into the "
-                                     f"next layer is exact only then)")
-                shape = (c, h // k, w // k)
-        shapes.append(shape)
-    return shapes
+def _make_module(node: Node, graph: Graph, surrogate: Surrogate, temporal_gradient: bool) -> NodeModule:
+    if isinstance(node, (Input, Output)):
+        return Passthrough()
+    if isinstance(node, Dense):
+        return DenseSynapse(node, graph)
+    if isinstance(node, Conv2d):
+        return ConvSynapse(node, graph)
+    if isinstance(node, AvgPool2d):
+        return AveragePool(node, graph)
+    if isinstance(node, Sum):
+        return CurrentSum()
+    if isinstance(node, LIF):
+        return LIFPopulation(node, graph, surrogate, temporal_gradient)
+    raise TypeError(f"node {node.name}: the trainer has no module for node type {node.kind}")
 
 
 @dataclass
 class NetworkOutput:
-    """Spike trains of every spiking layer (dense, conv; not avgpool), each (batch, time,
-    neurons) with conv maps flattened in C order; the last is the output."""
+    """Spike trains of every LIF population, each (batch, time, neurons) with maps
+    flattened in C order, in the graph's order; `output` names the output population."""
 
-    layer_spikes: list[torch.Tensor]
+    population_spikes: dict[str, torch.Tensor]
+    output: str
 
     @property
     def output_spikes(self) -> torch.Tensor:
-        return self.layer_spikes[-1]
+        return self.population_spikes[self.output]
 
     @property
     def output_rates(self) -> torch.Tensor:
@@ -153,42 +188,41 @@ class NetworkOutput:
 
 
 class SpikingNetwork(nn.Module):
-    """A feed-forward STBP network. Input spikes (batch, time, *input_shape); inputs of shape
-    (H, W) are taken as one channel; every dense layer flattens its input in C order.
+    """The network of a graph, trainable with STBP. Input spikes (batch, time, *input shape).
 
-    `layers` follows `model.layers` index for index (avgpool entries have no parameters), so
-    checkpoint keys are `layers.{i}.weight` / `layers.{i}.bias` with i the config index.
+    surrogate: the spike derivative used in the backward pass; temporal_gradient False
+    trains with SDBP (no gradient through time, recurrent edges included); init 'paper'
+    draws weights with `paper_init_` from `seed` and zeroes the biases.
     """
 
-    def __init__(self, model: ModelConfig, input_shape: tuple[int, ...], seed: int | None = None):
+    def __init__(self, graph: Graph, surrogate: Surrogate, temporal_gradient: bool = True,
+                 init: str = "pytorch", seed: int | None = None):
         super().__init__()
-        self.config = model
-        self.input_shape = tuple(input_shape)
-        self.surrogate = Surrogate(model.surrogate, model.surrogate_width)
-        self.shapes = layer_shapes(model, self.input_shape)
-        previous = self.input_shape if len(self.input_shape) != 2 else (1, *self.input_shape)
-        layers = []
-        for layer, shape in zip(model.layers, self.shapes):
-            lif = layer_lif_parameters(layer, model)
-            if layer.type == "dense":
-                layers.append(SpikingDense(math.prod(previous), layer.units, lif))
-            elif layer.type == "conv":
-                layers.append(SpikingConv2d(previous[0], layer.channels, layer.kernel_size, layer.stride,
-                                            layer.padding, lif))
-            else:
-                layers.append(AveragePool2d(layer.kernel_size))
-            previous = shape
-        self.layers = nn.ModuleList(layers)
-        if model.init == "paper":
+        self.graph = graph
+        self.temporal_gradient = temporal_gradient
+        self.input_shape = tuple(graph.input.shape)
+        self.plan = graph.plan()
+        # Module (and parameter) order is the graph's order: synapse weights then the
+        # population's bias, layer by layer, so the random initialisation is stable.
+        self.nodes = nn.ModuleDict({name: _make_module(graph.node(name), graph, surrogate, temporal_gradient)
+                                    for name in graph.order})
+        if init == "paper":
             generator = torch.Generator().manual_seed(seed or 0)
-            for layer in self.layers:
-                if isinstance(layer, (SpikingDense, SpikingConv2d)):
-                    paper_init_(layer.weight, generator)
-                    nn.init.zeros_(layer.bias)
+            for module in self.nodes.values():
+                if isinstance(module, (DenseSynapse, ConvSynapse)):
+                    paper_init_(module.weight, generator)
+                elif isinstance(module, LIFPopulation):
+                    nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, input_shape: tuple[int, ...], seed: int | None = None) -> "SpikingNetwork":
+        """The configured network for inputs of `input_shape` (one sample at one step)."""
+        return cls(build_graph(model, input_shape), Surrogate(model.surrogate, model.surrogate_width),
+                   model.temporal_gradient, model.init, seed)
 
     @property
     def num_outputs(self) -> int:
-        return math.prod(self.shapes[-1])
+        return self.graph.output_population.neurons
 
     def forward(self, input_spikes: torch.Tensor) -> NetworkOutput:
         if tuple(input_spikes.shape[2:]) != self.input_shape:
@@ -196,22 +230,70 @@ class SpikingNetwork(nn.Module):
                 f"input spikes have shape {tuple(input_spikes.shape)}; expected "
                 f"(batch, time, {', '.join(map(str, self.input_shape))})"
             )
-        x = input_spikes if len(self.input_shape) != 2 else input_spikes.unsqueeze(2)
-        recorded = []
-        for config, layer in zip(self.config.layers, self.layers):
-            if config.type == "dense":
-                x = x.flatten(2)
-            x = layer(x, self.surrogate, self.config.temporal_gradient)
-            if config.spiking:
-                recorded.append(x.flatten(2))
-        return NetworkOutput(recorded)
+        values: dict[str, torch.Tensor] = {self.graph.input.name: input_spikes}
+        for stage in self.plan:
+            if stage.recurrent:
+                self._run_cycle(stage.nodes, values, input_spikes.shape[1])
+            elif stage.nodes[0] not in values:
+                name = stage.nodes[0]
+                inputs = [self._delayed(values[e.source]) if e.recurrent else values[e.source]
+                          for e in self.graph.inputs_of(name)]
+                values[name] = self.nodes[name].over_time(inputs)
+        populations = {lif.name: values[lif.name].flatten(2) for lif in self.graph.populations}
+        return NetworkOutput(populations, self.graph.output_population.name)
+
+    def _delayed(self, spikes: torch.Tensor) -> torch.Tensor:
+        """A recurrent edge outside a cycle: the source's spikes one step later, zeros first."""
+        shifted = torch.cat([torch.zeros_like(spikes[:, :1]), spikes[:, :-1]], dim=1)
+        return shifted if self.temporal_gradient else shifted.detach()
+
+    def _run_cycle(self, members: tuple[str, ...], values: dict[str, torch.Tensor], steps: int) -> None:
+        """Steps the nodes of one cycle through time together (see the module docstring)."""
+        inside = set(members)
+        states: dict[str, object] = {name: None for name in members}
+        previous: dict[str, torch.Tensor] = {}
+        # Currents never leave a cycle (each feeds one node, inside it); spikes may.
+        kept = [name for name in members if self.graph.node(name).emits != CURRENT]
+        history: dict[str, list[torch.Tensor]] = {name: [] for name in kept}
+        for t in range(steps):
+            now: dict[str, torch.Tensor] = {}
+            for name in members:
+                inputs = [self._edge_value(edge, t, values, now, previous, inside) for edge in self.graph.inputs_of(name)]
+                now[name], states[name] = self.nodes[name].step(inputs, states[name])
+            for name in kept:
+                history[name].append(now[name])
+            previous = now
+        for name in kept:
+            values[name] = torch.stack(history[name], dim=1)
+
+    def _edge_value(self, edge: Edge, t: int, values, now, previous, inside) -> torch.Tensor:
+        if edge.source in inside:
+            if not edge.recurrent:
+                return now[edge.source]
+            if t == 0:
+                reference = values[self.graph.input.name]
+                return reference.new_zeros((reference.shape[0], *self.graph.node(edge.source).shape))
+            spikes = previous[edge.source]
+            return spikes if self.temporal_gradient else spikes.detach()
+        source = values[edge.source]
+        if not edge.recurrent:
+            return source[:, t]
+        spikes = source[:, t - 1] if t > 0 else torch.zeros_like(source[:, 0])
+        return spikes if self.temporal_gradient else spikes.detach()
+
+    def float_graph(self) -> Graph:
+        """The graph with this network's trained parameters (float64 numpy): synapse weights
+        and per-neuron biases, ready for the exporter."""
+        replaced = []
+        for name, module in self.nodes.items():
+            node = self.graph.node(name)
+            if isinstance(module, (DenseSynapse, ConvSynapse)):
+                replaced.append(_with(node, weight=module.weight.detach().cpu().double().numpy()))
+            elif isinstance(module, LIFPopulation):
+                bias = module.bias_per_neuron(node.shape).cpu().double().numpy()
+                replaced.append(_with(node, bias=np.ascontiguousarray(bias)))
+        return self.graph.replace(nodes=replaced)
 
 
-def predict(output_spikes: torch.Tensor) -> torch.Tensor:
-    """Class with the most output spikes; ties go to the lowest class index.
-
-    output_spikes: (batch, time, classes), any numeric dtype. Every backend decodes with
-    this rule so that predictions are comparable.
-    """
-    counts = output_spikes.sum(dim=1)
-    return counts.argmax(dim=1)
+def _with(node: Node, **changes) -> Node:
+    return dataclasses.replace(node, **changes)

@@ -8,7 +8,13 @@
 the firing threshold and `b` the trainable bias, both in the same (arbitrary) units as
 the potential. A spike resets the potential to 0 through the factor (1 - o[t-1]).
 
-Everything here is a pure function of tensors; `trainer.layers` wraps it in modules and
+Current-based (CUBA) neurons, Loihi's second decay: with `tau_current` > 0 the synaptic
+input first passes through a current that keeps that fraction per step,
+    i[t] = tau_current * i[t-1] + x[t],   and i[t] replaces x[t] in eq. 4;
+`tau_current` = 0 is STBP (i[t] = x[t], computed without the multiplication so that STBP's
+arithmetic is unchanged). The current is not reset by a spike, as on Loihi.
+
+Everything here is a pure function of tensors; `trainer.network` wraps it in modules and
 `export.fixed_point` holds its integer (Loihi) counterpart.
 """
 from __future__ import annotations
@@ -26,14 +32,19 @@ class LIFParameters:
 
     tau: decay factor of the membrane potential per time step, 0 <= tau <= 1.
     v_threshold: firing threshold Vth (> 0), in potential units.
+    tau_current: decay factor of the synaptic current per step, 0 <= tau_current <= 1
+        (0: STBP, the current is each step's input).
     """
 
     tau: float = 0.2
     v_threshold: float = 0.5
+    tau_current: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(f"LIF parameter 'tau' must lie in [0, 1], got {self.tau}")
+        if not 0.0 <= self.tau_current <= 1.0:
+            raise ValueError(f"LIF parameter 'tau_current' must lie in [0, 1], got {self.tau_current}")
         if not self.v_threshold > 0.0:
             raise ValueError(
                 f"LIF parameter 'v_threshold' must be positive, got {self.v_threshold}"
@@ -42,14 +53,16 @@ class LIFParameters:
 
 @dataclass
 class LIFState:
-    """State carried between time steps: potential u[t-1] and spikes o[t-1], same shape."""
+    """State carried between time steps: potential u[t-1], spikes o[t-1] and synaptic
+    current i[t-1], same shape."""
 
     potential: torch.Tensor
     spikes: torch.Tensor
+    current: torch.Tensor
 
     @classmethod
     def zeros_like(cls, x: torch.Tensor) -> "LIFState":
-        return cls(torch.zeros_like(x), torch.zeros_like(x))
+        return cls(torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x))
 
 
 def lif_step(
@@ -68,15 +81,17 @@ def lif_step(
         back to u[t-1] or o[t-1], only through the spatial (layer-to-layer) path.
     Returns (o[t], new state). o[t] is 0.0/1.0 in the input's dtype.
     """
-    previous_potential, previous_spikes = state.potential, state.spikes
+    previous_potential, previous_spikes, previous_current = state.potential, state.spikes, state.current
     if not temporal_gradient:
         previous_potential = previous_potential.detach()
         previous_spikes = previous_spikes.detach()
+        previous_current = previous_current.detach()
+    current = synaptic_input if params.tau_current == 0 else params.tau_current * previous_current + synaptic_input
     potential = (
-        params.tau * previous_potential * (1.0 - previous_spikes) + synaptic_input + bias
+        params.tau * previous_potential * (1.0 - previous_spikes) + current + bias
     )
     spikes = spike(potential - params.v_threshold, surrogate)
-    return spikes, LIFState(potential, spikes)
+    return spikes, LIFState(potential, spikes, current)
 
 
 def lif_sequence(

@@ -10,22 +10,22 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from netgraph import predict_classes
+from netgraph.provenance import derive_seed, package_versions
+from spikedata import Dataset, Split, load_dataset
 from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from trainer.config import RunConfig
-from trainer.data import Dataset, Split, load_dataset
-from trainer.encoding import encode
-from trainer.network import SpikingNetwork, predict
-from trainer.provenance import derive_seed, package_versions
+from trainer.encoding import encode, iter_encoded_batches
+from trainer.network import SpikingNetwork
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-EVAL_CHUNK = 1024
 _SHUFFLE_STREAM, _ENCODE_STREAM = 0, 1
 
 
@@ -47,29 +47,6 @@ def loss_fn(kind: str, output_spikes: torch.Tensor, labels: torch.Tensor, num_cl
     return F.cross_entropy(output_spikes.sum(dim=1), labels)
 
 
-def iter_encoded_batches(
-    kind: str, split: Split, time_steps: int, seed: int, chunk: int = EVAL_CHUNK
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """The evaluation encoding: fixed seed and fixed chunking, in data order, on CPU.
-
-    Every consumer (trainer evaluation, emulator, Lava, fidelity harness) draws the test
-    spikes through this function, so all of them see identical spikes for a given seed.
-    Yields (sample slice, spikes (chunk, T, ...) float32 0/1).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    for start in range(0, len(split.labels), chunk):
-        window = slice(start, min(start + chunk, len(split.labels)))
-        inputs = torch.from_numpy(np.ascontiguousarray(split.inputs[window])).float()
-        yield window, encode(kind, inputs, time_steps, generator)
-
-
-def encode_split(kind: str, split: Split, time_steps: int, seed: int) -> np.ndarray:
-    """All evaluation spikes of a split as uint8 (N, T, ...), see `iter_encoded_batches`."""
-    return np.concatenate(
-        [s.to(torch.uint8).numpy() for _, s in iter_encoded_batches(kind, split, time_steps, seed)]
-    )
-
-
 @torch.no_grad()
 def evaluate(
     model: SpikingNetwork, config: RunConfig, split: Split, device: torch.device,
@@ -77,16 +54,16 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test accuracy and mean firing rate per layer on the fixed evaluation encoding."""
     model.eval()
-    correct, rates = 0, np.zeros(sum(layer.spiking for layer in config.model.layers))
+    correct, rates = 0, np.zeros(len(model.graph.populations))
     for window, spikes in iter_encoded_batches(
-        config.encoding.kind, split, config.encoding.time_steps, config.training.eval_seed
+        config.encoding.kind, split.inputs, config.encoding.time_steps, config.training.eval_seed
     ):
         for start in range(0, len(spikes), batch_size):
             batch = spikes[start : start + batch_size].to(device)
             labels = torch.from_numpy(split.labels[window][start : start + batch_size]).to(device)
             out = model(batch)
-            correct += int((predict(out.output_spikes) == labels).sum())
-            rates += np.array([float(s.sum()) / s[0].numel() for s in out.layer_spikes])
+            correct += int((predict_classes(out.output_spikes) == labels).sum())
+            rates += np.array([float(s.sum()) / s[0].numel() for s in out.population_spikes.values()])
     n = len(split.labels)
     return {"accuracy": correct / n, "firing_rates": (rates / n).tolist()}
 
@@ -135,7 +112,7 @@ def train(
     input_shape = dataset.input_shape if config.encoding.kind == "bernoulli" else dataset.input_shape[1:]
 
     torch.manual_seed(config.seed)
-    model = SpikingNetwork(config.model, input_shape, seed=config.seed).to(device)
+    model = SpikingNetwork.from_config(config.model, input_shape, seed=config.seed).to(device)
     if model.num_outputs != dataset.num_classes:
         raise ValueError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
                          f"has {dataset.num_classes} classes")
@@ -150,9 +127,13 @@ def train(
                 f"{resume}: cannot resume, the config differs in {', '.join(changed)} "
                 "(only training.epochs, training.device and output_dir may change)"
             )
-        model.load_state_dict(saved.model_state)
-        if saved.optimizer_state is not None:
-            optimizer.load_state_dict(saved.optimizer_state)
+        try:
+            model.load_state_dict(saved.model_state)
+            if saved.optimizer_state is not None:
+                optimizer.load_state_dict(saved.optimizer_state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{resume}: its weights or optimizer state do not fit the configured network: "
+                                  f"{exc}") from exc
         start_epoch, history = saved.epochs_completed, saved.history
         log(f"resuming from {resume} after epoch {start_epoch}")
 
@@ -171,7 +152,7 @@ def train(
         encoder_rng = torch.Generator(device=device).manual_seed(
             derive_seed(config.seed, epoch, _ENCODE_STREAM)
         )
-        loss_sum, correct, rates = 0.0, 0, np.zeros(sum(layer.spiking for layer in config.model.layers))
+        loss_sum, correct, rates = 0.0, 0, np.zeros(len(model.graph.populations))
         started = time.perf_counter()
         batches = range(0, n_train, batch_size)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.training.epochs}", unit="batch",
@@ -189,8 +170,8 @@ def train(
             optimizer.step()
             with torch.no_grad():
                 loss_sum += float(loss) * len(index)
-                correct += int((predict(out.output_spikes) == labels).sum())
-                rates += np.array([float(s.sum()) / s[0].numel() for s in out.layer_spikes])
+                correct += int((predict_classes(out.output_spikes) == labels).sum())
+                rates += np.array([float(s.sum()) / s[0].numel() for s in out.population_spikes.values()])
             bar.set_postfix(loss=f"{loss_sum / min(start + batch_size, n_train):.4f}")
         elapsed = time.perf_counter() - started
         test = evaluate(model, config, dataset.test, device)

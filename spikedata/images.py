@@ -1,4 +1,4 @@
-"""Data sets from local files only: nothing here downloads.
+"""Static image data sets from local files only: nothing here downloads.
 
 - 'digits': scikit-learn's embedded 8x8 handwritten digits (1,797 images, shipped inside
   the package), with a fixed stratified 80/20 train/test split.
@@ -11,42 +11,15 @@ from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.datasets import load_digits
+
+from spikedata.base import DataError, Dataset, Split
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
-
-
-class DataError(ValueError):
-    """A data file is missing or malformed."""
-
-
-@dataclass(frozen=True)
-class Split:
-    inputs: np.ndarray  # float32 (N, C, H, W) in [0, 1], or (N, T, C, H, W) event frames
-    labels: np.ndarray  # int64 (N,)
-
-    def __post_init__(self) -> None:
-        if len(self.inputs) != len(self.labels):
-            raise DataError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")
-
-    def head(self, limit: int | None) -> "Split":
-        return self if limit is None else Split(self.inputs[:limit], self.labels[:limit])
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    train: Split
-    test: Split
-    num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.inputs.shape[1:])
 
 
 def load_digits_dataset() -> Dataset:
@@ -55,8 +28,6 @@ def load_digits_dataset() -> Dataset:
     The split is stratified per class with numpy's PCG64 (stable across versions):
     the same images are in the test set on every machine.
     """
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
@@ -140,23 +111,3 @@ def load_mnist_dataset(directory: str | Path) -> Dataset:
         test=split(arrays["test_images"], arrays["test_labels"], "test"),
         num_classes=10,
     )
-
-
-def load_dataset(name: str, path: str | None = None, time_steps: int | None = None) -> Dataset:
-    """Loads a data set by config name from local files. time_steps: the number of frames
-    event data (nmnist) is binned to; ignored for images."""
-    if name == "digits":
-        return load_digits_dataset()
-    if name == "nmnist":
-        from trainer.nmnist import load_nmnist_dataset
-
-        if not path:
-            raise DataError("the nmnist dataset needs a directory (data.path / --data-path) holding Train/")
-        if not time_steps:
-            raise DataError("the nmnist dataset needs the number of time bins (encoding.time_steps)")
-        return load_nmnist_dataset(path, time_steps)
-    if name == "mnist":
-        if not path:
-            raise DataError("the mnist dataset needs a directory (data.path / --data-path)")
-        return load_mnist_dataset(path)
-    raise DataError(f"unknown dataset {name!r}")

@@ -16,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from netgraph.provenance import atomic_write
+from spikedata.base import DataError, Dataset, Split
+
 SENSOR_SIZE = (34, 34, 2)  # x, y, polarity
 NMNIST_SPLIT_SEED = 0
 NMNIST_TEST_FRACTION = 0.2
 
 
 def _tonic_nmnist():
-    from tonic.datasets import NMNIST
+    from tonic.datasets import NMNIST  # tonic imports torch (~3 s): only when N-MNIST is read
 
     class LocalNMNIST(NMNIST):
         """tonic's NMNIST reading `root/<Train|Test>/<digit>/*.bin`; never downloads."""
@@ -43,8 +46,6 @@ def _tonic_nmnist():
             return any((self._root / self.folder_name).glob("*/*.bin"))
 
         def download(self) -> None:
-            from trainer.data import DataError
-
             raise DataError(f"N-MNIST files not found in {self._root / self.folder_name} "
                             "(expected <digit>/*.bin; nothing is downloaded)")
 
@@ -53,8 +54,8 @@ def _tonic_nmnist():
 
 def read_events(path: str | Path) -> np.ndarray:
     """Events of one file as tonic's structured array (fields x, y, t [us], p)."""
-    from tonic.datasets import NMNIST
-    from tonic.io import read_mnist_file
+    from tonic.datasets import NMNIST  # tonic imports torch (~3 s): only when N-MNIST is read
+    from tonic.io import read_mnist_file  # (same package)
 
     return read_mnist_file(str(path), dtype=NMNIST.dtype)
 
@@ -90,12 +91,10 @@ def load_nmnist_split(root: str | Path, train: bool, time_steps: int) -> tuple[n
     return frames, labels
 
 
-def load_nmnist_dataset(root: str | Path, time_steps: int):
+def load_nmnist_dataset(root: str | Path, time_steps: int) -> Dataset:
     """N-MNIST binned to `time_steps` frames. With ROOT/Test present it is the test set;
     otherwise ROOT/Train is split 80/20, stratified per digit with a fixed seed, so a subset
     such as ../shared/data/nmnist (1,000 training recordings) gives a train and a test set."""
-    from trainer.data import Dataset, DataError, Split
-
     root = Path(root)
     if not (root / "Train").is_dir():
         raise DataError(f"N-MNIST folder {root} has no Train/ subfolder (expected the original layout "
@@ -128,5 +127,5 @@ def write_nmnist_file(path: str | Path, x, y, polarity, timestamp_us) -> None:
     raw[:, 2] = (p.astype(np.uint8) << 7) | ((t >> 16) & 0x7F)
     raw[:, 3] = (t >> 8) & 0xFF
     raw[:, 4] = t & 0xFF
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(raw.tobytes())
+    with atomic_write(path) as handle:
+        handle.write(raw.tobytes())

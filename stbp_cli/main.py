@@ -4,9 +4,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+import warnings
 from pathlib import Path
 
+import numpy as np
+
+from export.artifact import ArtifactError, load_artifact, save_artifact
+from export.emulator import emulate
+from export.hw_config import HardwareConfigError, resolve_hardware_config
+from export.quantize import QuantizationWarning
+from export.validate import ExportRangeError
+from lava_backend.fidelity import check_gates, plot_report
+from lava_backend.runner import run_network
+from netgraph import GraphError, predict_classes
+from netgraph.provenance import atomic_write
+from spikedata import DataError
+from stbp_cli.pipeline import FidelityError, evaluation_spikes, evaluation_split, export_checkpoint, run_fidelity
+from trainer.checkpoint import CheckpointError
+from trainer.config import ConfigError, config_with_overrides, load_config
+from trainer.train import train
+
 EXIT_USAGE = 2
+EXIT_GATE = 1
 
 
 def _positive_int(text: str) -> int:
@@ -30,10 +50,6 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from trainer.config import config_with_overrides, load_config
-    from trainer.provenance import atomic_write
-    from trainer.train import train
-
     config = config_with_overrides(
         load_config(args.config),
         **{
@@ -67,13 +83,6 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
-    import warnings
-
-    from export.artifact import save_artifact
-    from export.hw_config import resolve_hardware_config
-    from export.quantize import QuantizationWarning, export_checkpoint
-    from trainer.provenance import atomic_write
-
     hw = resolve_hardware_config(args.hw)
     with warnings.catch_warnings():
         # The notes are collected in the report and printed with it.
@@ -86,9 +95,6 @@ def _cmd_export(args) -> int:
     print(report.format_table())
     print(f"artifact: {args.output}\nreport:   {report_path}")
     return 0
-
-
-EXIT_GATE = 1
 
 
 def _add_run(sub) -> None:
@@ -106,34 +112,20 @@ def _add_run(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    import time
-
-    import numpy as np
-
-    from export.artifact import load_artifact
-    from export.emulator import predict_classes
-    from trainer.data import load_dataset
-    from trainer.provenance import atomic_write
-    from trainer.train import encode_split
-
     network = load_artifact(args.artifact)
     training_data = network.metadata.get("training_config", {}).get("data", {})
     name = args.data or training_data.get("name")
     if not name:
         raise ValueError(f"{args.artifact} does not say which data set it was trained on; pass --data")
     path = args.data_path or (training_data.get("path") if name == training_data.get("name") else None)
-    split = load_dataset(name, path, network.time_steps).test.head(args.limit)
-    spikes = encode_split(network.encoding, split, network.time_steps, network.eval_seed)
+    split = evaluation_split(network, name, path, args.limit)
+    spikes = evaluation_spikes(network, split)
     started = time.perf_counter()
     if args.backend == "emulator":
-        from export.emulator import emulate
-
         output = emulate(network, spikes, progress=not args.no_progress).output_spikes
         rate = len(spikes) / (time.perf_counter() - started)
         detail = "emulator (numpy)"
     else:
-        from lava_backend.runner import run_network
-
         result = run_network(network, spikes, mode=args.backend, record="output", shards=args.shards,
                              progress=not args.no_progress)
         output, rate = result.output_spikes, result.samples_per_s
@@ -169,9 +161,6 @@ def _add_compare(sub) -> None:
 
 
 def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: Path) -> int:
-    from lava_backend.fidelity import check_gates, plot_report, run_fidelity
-    from trainer.provenance import atomic_write
-
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     report, runs = run_fidelity(checkpoint, artifact, data_path=args.data_path, limit=args.limit,
                                 backends=backends, shards=args.shards, progress=not args.no_progress)
@@ -243,13 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainer.checkpoint import CheckpointError
-    from trainer.config import ConfigError
-    from trainer.data import DataError
-
     try:
         return args.handler(args)
-    except (ConfigError, CheckpointError, DataError, ValueError, FloatingPointError) as exc:
+    except (ConfigError, CheckpointError, DataError, ArtifactError, ExportRangeError, HardwareConfigError, GraphError,
+            FidelityError, ValueError, FloatingPointError) as exc:
         print(f"stbp {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

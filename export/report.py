@@ -1,0 +1,96 @@
+"""What quantization did to each population of the network, as a table and as JSON."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SynapseReport:
+    """One synapse feeding a population. Errors are in the trained network's potential units."""
+
+    name: str
+    source: str
+    sign_mode: str
+    weight_levels_used: int
+    weights_clipped: int
+    weight_max_abs_error: float
+    weight_rms_error: float
+    delay: int  # steps a Lava DelayDense adds to align this path (export.timing)
+
+
+@dataclass(frozen=True)
+class PopulationReport:
+    """One LIF population and the synapses feeding it (which share its scale)."""
+
+    name: str
+    synapses: tuple[SynapseReport, ...]
+    scale: float
+    bias_exp: int
+    bias_clipped: int
+    bias_max_abs_error: float
+    vth: int
+    threshold_error: float
+    dv: int
+    tau_effective: float
+    tau_error: float
+    du: int
+    tau_current_effective: float
+    max_activation: int
+    activation_exceeds_hw_bits: bool
+    current_may_wrap: bool
+    voltage_may_saturate: bool
+    never_fire: int
+    always_fire: int
+    neurons: int
+    cores_needed: int
+    fan_in_exceeds_core: bool
+
+    @property
+    def weights_clipped(self) -> int:
+        return sum(s.weights_clipped for s in self.synapses)
+
+    @property
+    def weight_max_abs_error(self) -> float:
+        return max((s.weight_max_abs_error for s in self.synapses), default=0.0)
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    hardware: str
+    populations: tuple[PopulationReport, ...]
+    warnings: tuple[str, ...] = ()
+
+    def population(self, name: str) -> PopulationReport:
+        return next(p for p in self.populations if p.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def format_table(self) -> str:
+        width = max([12] + [len(p.name) + 2 for p in self.populations])
+        header = (f"{'population':<{width}}{'sign':<7}{'scale':>9}{'w clip':>7}{'w maxerr':>10}{'b exp':>6}"
+                  f"{'b clip':>7}{'b maxerr':>10}{'vth':>7}{'vth err':>9}{'dv':>6}{'tau eff':>9}"
+                  f"{'|a| max':>9}{'never':>7}{'always':>7}{'cores':>6}  flags")
+        lines = [f"quantization report ({self.hardware})", header]
+        for r in self.populations:
+            flags = [name for name, on in (("act>16bit", r.activation_exceeds_hw_bits), ("u-may-wrap", r.current_may_wrap),
+                                           ("v-may-saturate", r.voltage_may_saturate)) if on]
+            if r.tau_current_effective > 0:
+                flags.append(f"current-based du={r.du}")
+            signs = "/".join(sorted({s.sign_mode[:3] for s in r.synapses})) if len(r.synapses) > 1 \
+                else r.synapses[0].sign_mode[:6]
+            lines.append(
+                f"{r.name:<{width}}{signs:<7}{r.scale:>9.2f}{r.weights_clipped:>7d}{r.weight_max_abs_error:>10.2e}"
+                f"{r.bias_exp:>6d}{r.bias_clipped:>7d}{r.bias_max_abs_error:>10.2e}{r.vth:>7d}{r.threshold_error:>9.1e}"
+                f"{r.dv:>6d}{r.tau_effective:>9.5f}{r.max_activation:>9d}{r.never_fire:>7d}{r.always_fire:>7d}"
+                f"{r.cores_needed:>6d}  " + (", ".join(flags) or "-")
+            )
+            if len(r.synapses) > 1 or any(s.delay for s in r.synapses):
+                for s in r.synapses:
+                    lines.append(f"  <- {s.name} (from {s.source}): {s.sign_mode}, {s.weights_clipped} clipped, "
+                                 f"max error {s.weight_max_abs_error:.2e}"
+                                 + (f", delayed {s.delay} step(s) on Lava" if s.delay else ""))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)

@@ -1,0 +1,329 @@
+"""Typed nodes of the network graph, defined once for the trainer, exporter, artifact,
+emulator, Lava backend and fidelity harness.
+
+Every node emits one kind of signal:
+    spikes   0/1 per neuron and time step (Input, LIF)
+    pooled   averages of spikes (AvgPool2d); only a synapse may read them, and the
+             exporter folds the pool into that synapse (pooling is linear)
+    current  the synaptic input a population integrates (Dense, Conv2d, Sum)
+and accepts the kinds listed in `accepts`. A LIF population reads exactly one current (a
+Sum node adds several: on Lava, several Dense processes feeding one LIF's `a_in`).
+
+Parameters are optional and come at two levels:
+    float      the trained values (Dense/Conv2d `weight`, LIF `bias`) in the trained
+               network's potential units;
+    quantized  the Loihi integer form written by the exporter (`QuantizedSynapse`,
+               `QuantizedLIF`).
+A graph built from a run config has neither, a checkpoint's graph has float parameters,
+an exported graph has both (the float ones drive Lava's floating_pt models).
+
+Shapes: a node's `output_shape(inputs)` derives what it emits from what it reads and
+raises GraphError naming the edge when they do not fit. Populations are flattened in C
+order wherever they are stored (bias, recorded spikes).
+"""
+from __future__ import annotations
+
+import abc
+import math
+import numbers
+import re
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from netgraph.geometry import ConvGeometry, pooled_shape
+
+SPIKES, POOLED, CURRENT = "spikes", "pooled", "current"
+SIGN_MODES = ("mixed", "excitatory", "inhibitory")
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+# (source name, source output shape) for each input edge of a node, in edge order.
+Inputs = Sequence[tuple[str, tuple[int, ...]]]
+
+
+class GraphError(ValueError):
+    """A network graph is malformed: an error names the node or the edge (source -> target)."""
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedSynapse:
+    """A synapse in Loihi integer form, as handed to Lava's Dense.
+
+    weight: int64 mantissas in the float weight's layout, on the sign mode's grid.
+    weight_exp: the synaptic sum is shifted left by it (right if negative).
+    num_weight_bits: weight precision (<= the hardware's weight bits).
+    sign_mode: 'mixed', 'excitatory' or 'inhibitory' (written out, never guessed).
+    """
+
+    weight: np.ndarray
+    weight_exp: int
+    num_weight_bits: int
+    sign_mode: str
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedLIF:
+    """A LIF population in Loihi integer form, as handed to Lava's LIF.
+
+    du, dv: 12-bit current and voltage decays; vth: threshold mantissa (fires when
+    v > vth << vth_shift); bias_mant: (neurons,) int64, bias = bias_mant << bias_exp;
+    scale: weight units per potential unit of the trained network, shared by every synapse
+    feeding the population (w_int ~= w * scale).
+    """
+
+    du: int
+    dv: int
+    vth: int
+    bias_mant: np.ndarray
+    bias_exp: int
+    scale: float
+
+
+@dataclass(frozen=True, eq=False)
+class Node(abc.ABC):
+    """Base of every node type: a unique name (a letter, then letters, digits, '_')."""
+
+    name: str
+
+    accepts: ClassVar[tuple[str, ...]] = ()
+    emits: ClassVar[str | None] = None
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise GraphError(f"node name {self.name!r} must be 1-64 characters: a letter, then letters, digits or '_'")
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    @abc.abstractmethod
+    def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
+        """The shape this node emits, given (source name, shape) of each input edge."""
+
+
+def _check_shape(name: str, what: str, array: np.ndarray | None, expected: tuple[int, ...]) -> None:
+    if array is not None and tuple(np.shape(array)) != tuple(expected):
+        raise GraphError(f"node {name}: {what} has shape {tuple(np.shape(array))}, expected {tuple(expected)}")
+
+
+def _check_quantized_synapse(name: str, quantized: QuantizedSynapse | None, expected: tuple[int, ...]) -> None:
+    if quantized is None:
+        return
+    _check_shape(name, "quantized weight", quantized.weight, expected)
+    if not np.issubdtype(np.asarray(quantized.weight).dtype, np.integer):
+        raise GraphError(f"node {name}: quantized weight must be integers, got {np.asarray(quantized.weight).dtype}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, field: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise GraphError(f"node {name}: {field} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Input(Node):
+    """The network's input: one sample's spikes at one time step have `shape`
+    ((channels, height, width) for images and event frames, (features,) otherwise)."""
+
+    shape: tuple[int, ...] = ()
+    emits: ClassVar[str] = SPIKES
+    min_inputs: ClassVar[int] = 0
+    max_inputs: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.shape:
+            raise GraphError(f"node {self.name}: an input needs a shape")
+        for d in self.shape:
+            _positive_int(self.name, "every dimension of shape", d)
+
+    def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
+        return tuple(self.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Dense(Node):
+    """Fully connected synapses x = W s: reads spikes (flattened in C order), emits
+    `out_features` currents. weight: float (out_features, in_features)."""
+
+    out_features: int = 0
+    weight: np.ndarray | None = None
+    quantized: QuantizedSynapse | None = None
+    accepts: ClassVar[tuple[str, ...]] = (SPIKES, POOLED)
+    emits: ClassVar[str] = CURRENT
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int(self.name, "out_features", self.out_features)
+
+    def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
+        (source, in_shape), = inputs
+        expected = (self.out_features, math.prod(in_shape))
+        for what, array in (("weight", self.weight), ("quantized weight", None if self.quantized is None
+                                                     else self.quantized.weight)):
+            if array is not None and tuple(np.shape(array)) != expected:
+                raise GraphError(f"edge {source} -> {self.name}: {source} gives {expected[1]} values {in_shape}, but "
+                                 f"{self.name}'s {what} has shape {tuple(np.shape(array))} (expected {expected})")
+        _check_quantized_synapse(self.name, self.quantized, expected)
+        return (self.out_features,)
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(Node):
+    """2-D convolution (cross-correlation, zero padding) of a (C, H, W) spike map into
+    `out_channels` maps of currents. weight: float (out_channels, C, kh, kw)."""
+
+    out_channels: int = 0
+    kernel_size: tuple[int, int] = (1, 1)
+    stride: int = 1
+    padding: int = 0
+    weight: np.ndarray | None = None
+    quantized: QuantizedSynapse | None = None
+    accepts: ClassVar[tuple[str, ...]] = (SPIKES, POOLED)
+    emits: ClassVar[str] = CURRENT
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int(self.name, "out_channels", self.out_channels)
+        _positive_int(self.name, "stride", self.stride)
+        if len(tuple(self.kernel_size)) != 2:
+            raise GraphError(f"node {self.name}: kernel_size must be (height, width), got {self.kernel_size!r}")
+        for k in self.kernel_size:
+            _positive_int(self.name, "kernel_size", k)
+        if isinstance(self.padding, bool) or not isinstance(self.padding, (int, np.integer)) or self.padding < 0:
+            raise GraphError(f"node {self.name}: padding must be an integer >= 0, got {self.padding!r}")
+
+    def geometry(self, in_shape: tuple[int, ...]) -> ConvGeometry:
+        return ConvGeometry(tuple(in_shape), tuple(self.kernel_size), int(self.stride), int(self.padding))
+
+    def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
+        (source, in_shape), = inputs
+        if len(in_shape) != 3:
+            raise GraphError(f"edge {source} -> {self.name}: a conv needs a (channels, height, width) input, "
+                             f"{source} gives {in_shape}")
+        geometry = self.geometry(in_shape)
+        problem = geometry.problem()
+        if problem:
+            raise GraphError(f"edge {source} -> {self.name}: {problem}")
+        expected = (self.out_channels, in_shape[0], *self.kernel_size)
+        for what, array in (("weight", self.weight), ("quantized weight", None if self.quantized is None
+                                                     else self.quantized.weight)):
+            if array is not None and tuple(np.shape(array)) != expected:
+                raise GraphError(f"edge {source} -> {self.name}: {source} gives {in_shape[0]} channels, but "
+                                 f"{self.name}'s {what} has shape {tuple(np.shape(array))} (expected {expected})")
+        _check_quantized_synapse(self.name, self.quantized, expected)
+        return geometry.out_shape(self.out_channels)
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool2d(Node):
+    """Average of non-overlapping k x k windows of a spike map (Wu et al. 2018, section
+    3.2.2): no neurons; only synapses read it, and the exporter folds it into them."""
+
+    kernel_size: int = 2
+    accepts: ClassVar[tuple[str, ...]] = (SPIKES,)
+    emits: ClassVar[str] = POOLED
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive_int(self.name, "kernel_size", self.kernel_size)
+
+    def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
+        (source, in_shape), = inputs
+        try:
+            return pooled_shape(tuple(in_shape), int(self.kernel_size))
+        except ValueError as exc:
+            raise GraphError(f"edge {source} -> {self.name}: {exc}") from exc
+
+
+@dataclass(frozen=True, eq=False)
+class Sum(Node):
+    """Adds two or more currents of one shape into the input of one population (on Lava:
+    several Dense processes connected to the same LIF `a_in`)."""
+
+    accepts: ClassVar[tuple[str, ...]] = (CURRENT,)
+    emits: ClassVar[str] = CURRENT
+    min_inputs: ClassVar[int] = 2
+    max_inputs: ClassVar[int | None] = None
+
+    def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
+        first, shape = inputs[0]
+        for source, other in inputs[1:]:
+            if tuple(other) != tuple(shape):
+                raise GraphError(f"edges {first} -> {self.name} and {source} -> {self.name}: a sum needs inputs of "
+                                 f"one shape, {first} gives {tuple(shape)} and {source} gives {tuple(other)}")
+        return tuple(shape)
+
+
+@dataclass(frozen=True, eq=False)
+class LIF(Node):
+    """A population of leaky integrate-and-fire neurons of `shape`, as Loihi runs them:
+
+        i[t] = tau_current * i[t-1] + x[t]                    synaptic current
+        v[t] = tau * v[t-1] * (1 - o[t-1]) + i[t] + b         membrane potential
+        o[t] = 1 if v[t] >= v_threshold else 0                spike, then v resets to 0
+
+    tau: fraction of the potential kept per step (STBP's tau; Loihi's voltage decay dv).
+    tau_current: fraction of the current kept per step; 0 (STBP) means the current is each
+        step's input (Loihi's du = 4095); above 0 the neuron is current-based (CUBA).
+    v_threshold: Vth (> 0); bias: float (neurons,), in potential units.
+    The trainer's float step is trainer.neuron, Loihi's integer step export.fixed_point.
+    """
+
+    shape: tuple[int, ...] = ()
+    tau: float = 0.2
+    v_threshold: float = 0.5
+    tau_current: float = 0.0
+    bias: np.ndarray | None = None
+    quantized: QuantizedLIF | None = None
+    accepts: ClassVar[tuple[str, ...]] = (CURRENT,)
+    emits: ClassVar[str] = SPIKES
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.shape:
+            raise GraphError(f"node {self.name}: a LIF population needs a shape")
+        for d in self.shape:
+            _positive_int(self.name, "every dimension of shape", d)
+        for field, value in (("tau", self.tau), ("tau_current", self.tau_current)):
+            if not (_is_real(value) and math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise GraphError(f"node {self.name}: {field} must lie in [0, 1], got {value!r}")
+        if not (_is_real(self.v_threshold) and math.isfinite(self.v_threshold)
+                and self.v_threshold > 0):
+            raise GraphError(f"node {self.name}: v_threshold must be a finite positive number, got {self.v_threshold!r}")
+        _check_shape(self.name, "bias", self.bias, (self.neurons,))
+        if self.quantized is not None:
+            _check_shape(self.name, "bias_mant", self.quantized.bias_mant, (self.neurons,))
+
+    @property
+    def neurons(self) -> int:
+        return math.prod(self.shape)
+
+    def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
+        (source, in_shape), = inputs
+        if tuple(in_shape) != tuple(self.shape):
+            raise GraphError(f"edge {source} -> {self.name}: {source} gives a current of shape {tuple(in_shape)}, "
+                             f"the population has shape {tuple(self.shape)}")
+        return tuple(self.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Output(Node):
+    """Marks the population whose spikes are the network's output; the decision rule
+    (netgraph.decision) reads it."""
+
+    accepts: ClassVar[tuple[str, ...]] = (SPIKES,)
+
+    def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
+        (_, in_shape), = inputs
+        return tuple(in_shape)
+
+
+NODE_TYPES: tuple[type[Node], ...] = (Input, Dense, Conv2d, AvgPool2d, Sum, LIF, Output)
+SYNAPSE_TYPES: tuple[type[Node], ...] = (Dense, Conv2d)

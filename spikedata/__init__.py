@@ -1,0 +1,36 @@
+"""Data sets read from local files only (nothing is ever downloaded), shared by training,
+deployment and the fidelity harness. Torch-free (N-MNIST's reader, tonic, imports torch
+only when N-MNIST is read).
+
+    load_dataset('digits')                       scikit-learn's embedded 8x8 digits
+    load_dataset('mnist', DIR)                   the original idx files (plain or .gz)
+    load_dataset('nmnist', DIR, time_steps=T)    N-MNIST in its original folder layout
+"""
+from __future__ import annotations
+
+from spikedata.base import DataError, Dataset, Split
+from spikedata.images import load_digits_dataset, load_mnist_dataset, read_idx
+from spikedata.nmnist import bin_events, load_nmnist_dataset, read_events, write_nmnist_file
+
+DATASETS = ("digits", "mnist", "nmnist")
+
+__all__ = ["DATASETS", "DataError", "Dataset", "Split", "bin_events", "load_dataset", "load_digits_dataset",
+           "load_mnist_dataset", "load_nmnist_dataset", "read_events", "read_idx", "write_nmnist_file"]
+
+
+def load_dataset(name: str, path: str | None = None, time_steps: int | None = None) -> Dataset:
+    """Loads a data set by config name from local files. time_steps: the number of frames
+    event data (nmnist) is binned to; ignored for images."""
+    if name == "digits":
+        return load_digits_dataset()
+    if name == "nmnist":
+        if not path:
+            raise DataError("the nmnist dataset needs a directory (data.path / --data-path) holding Train/")
+        if not time_steps:
+            raise DataError("the nmnist dataset needs the number of time bins (encoding.time_steps)")
+        return load_nmnist_dataset(path, time_steps)
+    if name == "mnist":
+        if not path:
+            raise DataError("the mnist dataset needs a directory (data.path / --data-path)")
+        return load_mnist_dataset(path)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

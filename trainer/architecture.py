@@ -1,0 +1,90 @@
+"""A run config's layer list as a network graph (netgraph), the structure every stage reads.
+
+Each spiking layer `name` becomes: one synapse per input (Dense or Conv2d, named
+`<name>_from_<source>`, or `<name>_recurrent_from_<source>` for a recurrent input), a Sum
+named `<name>_sum` when it has several inputs, and the LIF population `<name>`. An avgpool
+layer becomes an AvgPool2d node. The graph's input is `input`, its output `output` (the last
+layer's spikes).
+"""
+from __future__ import annotations
+
+import math
+
+from netgraph import LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, GraphError, Input, Output, Sum
+from trainer.config import INPUT_NAME, ConfigError, LayerConfig, LayerInput, ModelConfig
+
+OUTPUT_NAME = "output"
+
+
+def synapse_name(layer: str, layer_input: LayerInput) -> str:
+    if layer_input.recurrent:
+        return f"{layer}_recurrent" if layer_input.source == layer else f"{layer}_recurrent_from_{layer_input.source}"
+    return f"{layer}_from_{layer_input.source}"
+
+
+def lif_constants(layer: LayerConfig, model: ModelConfig) -> dict[str, float]:
+    """A layer's LIF constants: its overrides, else the network-wide values."""
+    return {
+        "tau": model.tau if layer.tau is None else layer.tau,
+        "v_threshold": model.v_threshold if layer.v_threshold is None else layer.v_threshold,
+        "tau_current": model.tau_current if layer.tau_current is None else layer.tau_current,
+    }
+
+
+def _synapse(layer: LayerConfig, layer_input: LayerInput, name: str):
+    if layer.type == "dense":
+        return Dense(name, out_features=layer.units)
+    kernel = layer_input.kernel_size if layer_input.kernel_size is not None else layer.kernel_size
+    return Conv2d(name, out_channels=layer.channels, kernel_size=(kernel, kernel),
+                  stride=layer_input.stride if layer_input.stride is not None else layer.stride,
+                  padding=layer_input.padding if layer_input.padding is not None else layer.padding)
+
+
+def build_graph(model: ModelConfig, input_shape: tuple[int, ...]) -> Graph:
+    """The structure of the configured network for inputs of `input_shape` (one sample at
+    one step, e.g. (1, 8, 8)); raises ConfigError naming the layer when it does not fit."""
+    nodes: list = [Input(INPUT_NAME, tuple(int(d) for d in input_shape))]
+    edges: list[Edge] = []
+    shapes = {INPUT_NAME: tuple(input_shape)}  # what each layer emits, by the nodes' own shape rules
+    for i, layer in enumerate(model.layers):
+        try:
+            if layer.type == "avgpool":
+                (source,) = layer.inputs
+                pool = AvgPool2d(layer.name, kernel_size=layer.kernel_size)
+                shapes[layer.name] = pool.output_shape([(source.source, shapes[source.source])])
+                nodes.append(pool)
+                edges.append(Edge(source.source, layer.name))
+                continue
+            synapses = [(_synapse(layer, inp, synapse_name(layer.name, inp)), inp) for inp in layer.inputs]
+            first_synapse, first_input = next((s, inp) for s, inp in synapses if not inp.recurrent)
+            shape = first_synapse.output_shape([(first_input.source, shapes[first_input.source])])
+        except GraphError as exc:
+            raise ConfigError(f"model.layers[{i}] ({layer.name}): {exc}") from exc
+        shapes[layer.name] = shape
+        for synapse, inp in synapses:
+            nodes.append(synapse)
+            edges.append(Edge(inp.source, synapse.name, recurrent=inp.recurrent))
+        target = layer.name
+        if len(synapses) > 1:
+            nodes.append(Sum(f"{layer.name}_sum"))
+            edges += [Edge(s.name, f"{layer.name}_sum") for s, _ in synapses]
+            edges.append(Edge(f"{layer.name}_sum", layer.name))
+        else:
+            edges.append(Edge(synapses[0][0].name, layer.name))
+        nodes.append(LIF(layer.name, shape=shape, **lif_constants(layer, model)))
+    nodes.append(Output(OUTPUT_NAME))
+    edges.append(Edge(model.layers[-1].name, OUTPUT_NAME))
+    try:
+        return Graph(tuple(nodes), tuple(edges))
+    except GraphError as exc:
+        raise ConfigError(f"model: {exc}") from exc
+
+
+def fan_in(graph: Graph, population: str) -> int:
+    """Inputs each neuron of `population` sums over all its synapses (for initialisation)."""
+    total = 0
+    for synapse, edge in graph.synapses_into(population):
+        source_shape = graph.shape_of(edge.source) if not edge.recurrent else graph.node(edge.source).shape
+        total += (math.prod(source_shape) if isinstance(synapse, Dense)
+                  else source_shape[0] * math.prod(synapse.kernel_size))
+    return total
