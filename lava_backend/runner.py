@@ -427,6 +427,33 @@ def _collect(graphs: list[_ShardGraph], network: ExportedNetwork, record: list[s
     return {name: np.concatenate(parts) for name, parts in recordings.items()}
 
 
+def _run_shards(graphs: list[_ShardGraph], cpus: list[int], updates: int, bar, on_progress, run_steps
+                ) -> tuple[float, int]:
+    """Runs every shard to its end, in parallel chunks, pausing where recurrent input must be
+    cleared. Returns (seconds spent starting the runtimes, pauses made)."""
+    total = sum(g.schedule.total_steps for g in graphs)
+    chunk = max(1, math.ceil(max(g.schedule.total_steps for g in graphs) / max(1, updates)))
+    samples = bar.total
+    setup_s, done, pauses = 0.0, 0, 0
+    pin = (len(graphs) > 1 and len(cpus) > 1 and hasattr(os, "sched_setaffinity")
+           and os.environ.get("STBP_LAVA_PIN", "1") == "1")
+    while any(g.steps_left for g in graphs):
+        active = [g for g in graphs if g.steps_left]
+        for index, graph in enumerate(active):
+            steps = graph.next_stop(chunk)
+            setup_s += _start_or_continue(graph, steps, run_steps, cpus[index % len(cpus)] if pin else None, cpus)
+            done += steps
+        _wait_for(active)
+        for graph in active:
+            if graph.steps_done in graph.clears:
+                _clear_in_flight(graph)
+                pauses += 1
+        bar.update(min(samples, round(samples * done / total)) - bar.n)
+        if on_progress is not None:
+            on_progress(done, total)
+    return setup_s, pauses
+
+
 def run_network(
     network: ExportedNetwork,
     input_spikes: np.ndarray,
@@ -474,26 +501,8 @@ def run_network(
             for shard, indices in enumerate(slices):
                 graphs.append(_build_shard(network, spikes[indices[0] : indices[-1] + 1], mode, recorded, Path(tmp),
                                            shard, timing, reset_offsets))
-            total = sum(g.schedule.total_steps for g in graphs)
-            chunk = max(1, math.ceil(max(g.schedule.total_steps for g in graphs) / max(1, updates)))
             bar = tqdm(total=len(spikes), desc=f"lava {mode}", unit="sample", leave=False, disable=not progress)
-            setup_s, done, pauses = 0.0, 0, 0
-            pin = (len(graphs) > 1 and len(cpus) > 1 and hasattr(os, "sched_setaffinity")
-                   and os.environ.get("STBP_LAVA_PIN", "1") == "1")
-            while any(g.steps_left for g in graphs):
-                active = [g for g in graphs if g.steps_left]
-                for index, graph in enumerate(active):
-                    steps = graph.next_stop(chunk)
-                    setup_s += _start_or_continue(graph, steps, RunSteps, cpus[index % len(cpus)] if pin else None, cpus)
-                    done += steps
-                _wait_for(active)
-                for graph in active:
-                    if graph.steps_done in graph.clears:
-                        _clear_in_flight(graph)
-                        pauses += 1
-                bar.update(min(len(spikes), round(len(spikes) * done / total)) - bar.n)
-                if on_progress is not None:
-                    on_progress(done, total)
+            setup_s, pauses = _run_shards(graphs, cpus, updates, bar, on_progress, RunSteps)
             wall = time.perf_counter() - started
             population_spikes = _collect(graphs, network, recorded)
         finally:

@@ -109,12 +109,16 @@ def _check_shape(name: str, what: str, array: np.ndarray | None, expected: tuple
         raise GraphError(f"node {name}: {what} has shape {tuple(np.shape(array))}, expected {tuple(expected)}")
 
 
-def _check_quantized_synapse(name: str, quantized: QuantizedSynapse | None, expected: tuple[int, ...]) -> None:
-    if quantized is None:
-        return
-    _check_shape(name, "quantized weight", quantized.weight, expected)
-    if not np.issubdtype(np.asarray(quantized.weight).dtype, np.integer):
-        raise GraphError(f"node {name}: quantized weight must be integers, got {np.asarray(quantized.weight).dtype}")
+def _check_synapse_weights(node, source: str, expected: tuple[int, ...], gives: str) -> None:
+    """A synapse's float and quantized weights have the `expected` shape (the source `gives`
+    what decides it), and the quantized ones are integers."""
+    quantized = None if node.quantized is None else node.quantized.weight
+    for what, array in (("weight", node.weight), ("quantized weight", quantized)):
+        if array is not None and tuple(np.shape(array)) != tuple(expected):
+            raise GraphError(f"edge {source} -> {node.name}: {source} gives {gives}, but {node.name}'s {what} has "
+                             f"shape {tuple(np.shape(array))} (expected {tuple(expected)})")
+    if quantized is not None and not np.issubdtype(np.asarray(quantized).dtype, np.integer):
+        raise GraphError(f"node {node.name}: quantized weight must be integers, got {np.asarray(quantized).dtype}")
 
 
 def _is_real(value) -> bool:
@@ -164,13 +168,8 @@ class Dense(Node):
 
     def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
         (source, in_shape), = inputs
-        expected = (self.out_features, math.prod(in_shape))
-        for what, array in (("weight", self.weight), ("quantized weight", None if self.quantized is None
-                                                     else self.quantized.weight)):
-            if array is not None and tuple(np.shape(array)) != expected:
-                raise GraphError(f"edge {source} -> {self.name}: {source} gives {expected[1]} values {in_shape}, but "
-                                 f"{self.name}'s {what} has shape {tuple(np.shape(array))} (expected {expected})")
-        _check_quantized_synapse(self.name, self.quantized, expected)
+        _check_synapse_weights(self, source, (self.out_features, math.prod(in_shape)),
+                               f"{math.prod(in_shape)} values {tuple(in_shape)}")
         return (self.out_features,)
 
 
@@ -211,13 +210,8 @@ class Conv2d(Node):
         problem = geometry.problem()
         if problem:
             raise GraphError(f"edge {source} -> {self.name}: {problem}")
-        expected = (self.out_channels, in_shape[0], *self.kernel_size)
-        for what, array in (("weight", self.weight), ("quantized weight", None if self.quantized is None
-                                                     else self.quantized.weight)):
-            if array is not None and tuple(np.shape(array)) != expected:
-                raise GraphError(f"edge {source} -> {self.name}: {source} gives {in_shape[0]} channels, but "
-                                 f"{self.name}'s {what} has shape {tuple(np.shape(array))} (expected {expected})")
-        _check_quantized_synapse(self.name, self.quantized, expected)
+        _check_synapse_weights(self, source, (self.out_channels, in_shape[0], *self.kernel_size),
+                               f"{in_shape[0]} channels")
         return geometry.out_shape(self.out_channels)
 
 

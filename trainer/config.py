@@ -328,22 +328,14 @@ def _resolve_layers(layers: tuple[LayerConfig, ...], where: str) -> tuple[LayerC
     return tuple(resolved)
 
 
-def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
-    """Builds a validated RunConfig; `source` (a file name) prefixes every error."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
-    top = {f.name for f in dataclasses.fields(RunConfig)}
-    _check_keys(raw, top, source)
-
-    m = _section(raw, "model", source)
-    w = f"{source}: model"
+def _model_config(m: dict, w: str) -> ModelConfig:
     _check_keys(m, {f.name for f in dataclasses.fields(ModelConfig)}, w)
     layers_raw = m.get("layers")
     if not isinstance(layers_raw, (list, tuple)) or not layers_raw:
         raise ConfigError(f"{w}.layers: a non-empty list of layers is required")
     layers = _resolve_layers(tuple(_layer(layer, f"{w}.layers[{i}]") for i, layer in enumerate(layers_raw)),
                              f"{w}.layers")
-    model = ModelConfig(
+    return ModelConfig(
         layers=layers,
         tau=_tau(_get(m, "tau", w, float, 0.2), f"{w}.tau"),
         v_threshold=_finite_positive(_get(m, "v_threshold", w, float, 0.5), f"{w}.v_threshold"),
@@ -355,6 +347,16 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         init=_choice(_get(m, "init", w, str, "pytorch"), INITS, f"{w}.init"),
         temporal_gradient=_get(m, "temporal_gradient", w, bool, True),
     )
+
+
+def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
+    """Builds a validated RunConfig; `source` (a file name) prefixes every error."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    _check_keys(raw, top, source)
+
+    model = _model_config(_section(raw, "model", source), f"{source}: model")
 
     d = _section(raw, "data", source)
     w = f"{source}: data"

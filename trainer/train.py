@@ -85,14 +85,8 @@ def _compatible_for_resume(saved: RunConfig, requested: RunConfig) -> list[str]:
     return [k for k in a if a[k] != b[k]]
 
 
-def train(
-    config: RunConfig,
-    resume: str | Path | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> TrainResult:
-    """Trains (or resumes) the run described by `config`; writes a checkpoint each epoch."""
-    device = select_device(config.training.device)
+def _training_data(config: RunConfig) -> tuple[Dataset, tuple[int, ...]]:
+    """The configured data set (limits applied) and one sample's input shape at one step."""
     dataset = load_dataset(config.data.name, config.data.path, config.encoding.time_steps)
     dataset = dataclasses.replace(
         dataset,
@@ -110,80 +104,95 @@ def train(
     if config.encoding.kind == "bernoulli" and dataset.train.inputs.ndim != 4:
         raise ValueError(f"encoding.kind 'bernoulli' needs static images, {dataset.name!r} holds event frames")
     input_shape = dataset.input_shape if config.encoding.kind == "bernoulli" else dataset.input_shape[1:]
+    return dataset, input_shape
 
+
+def _resume(resume: str | Path, config: RunConfig, model: SpikingNetwork, optimizer,
+            log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]]]:
+    """Loads a checkpoint into the model and optimizer: (epochs completed, history)."""
+    saved = load_checkpoint(resume)
+    changed = _compatible_for_resume(saved.config, config)
+    if changed:
+        raise CheckpointError(
+            f"{resume}: cannot resume, the config differs in {', '.join(changed)} "
+            "(only training.epochs, training.device and output_dir may change)"
+        )
+    try:
+        model.load_state_dict(saved.model_state)
+        if saved.optimizer_state is not None:
+            optimizer.load_state_dict(saved.optimizer_state)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{resume}: its weights or optimizer state do not fit the configured network: "
+                              f"{exc}") from exc
+    log(f"resuming from {resume} after epoch {saved.epochs_completed}")
+    return saved.epochs_completed, saved.history
+
+
+def _train_epoch(model: SpikingNetwork, optimizer, config: RunConfig, inputs: torch.Tensor, labels: torch.Tensor,
+                 num_classes: int, epoch: int, progress: bool) -> dict[str, Any]:
+    """One pass over the training set in the epoch's own shuffled order and input spikes."""
+    model.train()
+    device = inputs.device
+    n_train, batch_size = len(labels), config.training.batch_size
+    order = torch.randperm(
+        n_train, generator=torch.Generator().manual_seed(derive_seed(config.seed, epoch, _SHUFFLE_STREAM))
+    ).to(device)
+    encoder_rng = torch.Generator(device=device).manual_seed(derive_seed(config.seed, epoch, _ENCODE_STREAM))
+    loss_sum, correct, rates = 0.0, 0, np.zeros(len(model.graph.populations))
+    started = time.perf_counter()
+    bar = tqdm(range(0, n_train, batch_size), desc=f"epoch {epoch + 1}/{config.training.epochs}", unit="batch",
+               disable=not progress, leave=False)
+    for start in bar:
+        index = order[start : start + batch_size]
+        batch_labels = labels[index]
+        spikes = encode(config.encoding.kind, inputs[index], config.encoding.time_steps, encoder_rng)
+        out = model(spikes)
+        loss = loss_fn(config.training.loss, out.output_spikes, batch_labels, num_classes)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {float(loss)} in epoch {epoch + 1}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            loss_sum += float(loss) * len(index)
+            correct += int((predict_classes(out.output_spikes) == batch_labels).sum())
+            rates += np.array([float(s.sum()) / s[0].numel() for s in out.population_spikes.values()])
+        bar.set_postfix(loss=f"{loss_sum / min(start + batch_size, n_train):.4f}")
+    elapsed = time.perf_counter() - started
+    return {"epoch": epoch + 1, "loss": loss_sum / n_train, "train_accuracy": correct / n_train,
+            "train_firing_rates": (rates / n_train).tolist(), "train_samples_per_s": n_train / elapsed}
+
+
+def train(
+    config: RunConfig,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Trains (or resumes) the run described by `config`; writes a checkpoint each epoch."""
+    device = select_device(config.training.device)
+    dataset, input_shape = _training_data(config)
     torch.manual_seed(config.seed)
     model = SpikingNetwork.from_config(config.model, input_shape, seed=config.seed).to(device)
     if model.num_outputs != dataset.num_classes:
         raise ValueError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
                          f"has {dataset.num_classes} classes")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, history = 0, []
     if resume is not None:
-        saved = load_checkpoint(resume)
-        changed = _compatible_for_resume(saved.config, config)
-        if changed:
-            raise CheckpointError(
-                f"{resume}: cannot resume, the config differs in {', '.join(changed)} "
-                "(only training.epochs, training.device and output_dir may change)"
-            )
-        try:
-            model.load_state_dict(saved.model_state)
-            if saved.optimizer_state is not None:
-                optimizer.load_state_dict(saved.optimizer_state)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{resume}: its weights or optimizer state do not fit the configured network: "
-                                  f"{exc}") from exc
-        start_epoch, history = saved.epochs_completed, saved.history
-        log(f"resuming from {resume} after epoch {start_epoch}")
+        start_epoch, history = _resume(resume, config, model, optimizer, log)
 
-    out_dir = Path(config.output_dir)
-    checkpoint_path = out_dir / CHECKPOINT_NAME
+    checkpoint_path = Path(config.output_dir) / CHECKPOINT_NAME
     train_inputs = torch.from_numpy(dataset.train.inputs).to(device)
     train_labels = torch.from_numpy(dataset.train.labels).to(device)
-    n_train, batch_size = len(train_labels), config.training.batch_size
     versions = package_versions()
-
     for epoch in range(start_epoch, config.training.epochs):
-        model.train()
-        order = torch.randperm(
-            n_train, generator=torch.Generator().manual_seed(derive_seed(config.seed, epoch, _SHUFFLE_STREAM))
-        ).to(device)
-        encoder_rng = torch.Generator(device=device).manual_seed(
-            derive_seed(config.seed, epoch, _ENCODE_STREAM)
-        )
-        loss_sum, correct, rates = 0.0, 0, np.zeros(len(model.graph.populations))
-        started = time.perf_counter()
-        batches = range(0, n_train, batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.training.epochs}", unit="batch",
-                   disable=not progress, leave=False)
-        for start in bar:
-            index = order[start : start + batch_size]
-            labels = train_labels[index]
-            spikes = encode(config.encoding.kind, train_inputs[index], config.encoding.time_steps, encoder_rng)
-            out = model(spikes)
-            loss = loss_fn(config.training.loss, out.output_spikes, labels, dataset.num_classes)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} in epoch {epoch + 1}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                loss_sum += float(loss) * len(index)
-                correct += int((predict_classes(out.output_spikes) == labels).sum())
-                rates += np.array([float(s.sum()) / s[0].numel() for s in out.population_spikes.values()])
-            bar.set_postfix(loss=f"{loss_sum / min(start + batch_size, n_train):.4f}")
-        elapsed = time.perf_counter() - started
+        record = _train_epoch(model, optimizer, config, train_inputs, train_labels, dataset.num_classes, epoch,
+                              progress)
         test = evaluate(model, config, dataset.test, device)
-        record = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / n_train,
-            "train_accuracy": correct / n_train,
-            "test_accuracy": test["accuracy"],
-            "train_firing_rates": (rates / n_train).tolist(),
-            "test_firing_rates": test["firing_rates"],
-            "train_samples_per_s": n_train / elapsed,
-        }
+        record = {"epoch": record["epoch"], "loss": record["loss"], "train_accuracy": record["train_accuracy"],
+                  "test_accuracy": test["accuracy"], "train_firing_rates": record["train_firing_rates"],
+                  "test_firing_rates": test["firing_rates"], "train_samples_per_s": record["train_samples_per_s"]}
         history.append(record)
         save_checkpoint(
             checkpoint_path,
@@ -199,6 +208,6 @@ def train(
             f"epoch {epoch + 1:3d}/{config.training.epochs}  loss {record['loss']:.4f}  "
             f"train acc {100 * record['train_accuracy']:6.2f}%  "
             f"test acc {100 * record['test_accuracy']:6.2f}%  "
-            f"firing rate/layer [{rates_text}]  {record['train_samples_per_s']:.0f} samples/s"
+            f"firing rate/population [{rates_text}]  {record['train_samples_per_s']:.0f} samples/s"
         )
     return TrainResult(model.cpu().eval(), history, checkpoint_path, dataset)
