@@ -57,6 +57,12 @@ DOMAIN = "ai.stbp_loihi"
 DOMAIN_VERSION = 2
 STATE_SUFFIX = ".previous"
 _META_KEYS = ("schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed")
+# Provenance written by `stbp export` and read back by `stbp run` / `stbp compare`.
+_PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
+    "source_checkpoint": (str,), "source_checkpoint_sha256": (str,), "training_config": (dict,),
+    "training_versions": (dict,), "export_versions": (dict,), "training_seed": (int,),
+    "trained_test_accuracy": (float, int, type(None)), "quantization_report": (dict,),
+}
 
 
 class ArtifactError(ValueError):
@@ -214,13 +220,14 @@ class _NodeReader:
         except UnicodeDecodeError:
             raise ArtifactError(f"{self.where}: attribute '{name}' is not UTF-8 text") from None
 
-    def initializer(self, position: int, dtype: type) -> np.ndarray:
-        """The initializer at input `position`, which must be named <node>.<what> and of `dtype`."""
+    def initializer(self, position: int, role: str, dtype: type) -> np.ndarray:
+        """The initializer at input `position`, which must be this node's `<node>.<role>`, of `dtype`."""
         if len(self.node.input) <= position:
             raise ArtifactError(f"{self.where}: missing input {position}")
         name = self.node.input[position]
-        if name not in self.tensors:
-            raise ArtifactError(f"{self.where}: input {position} must be an initializer, got tensor '{name}'")
+        if name != f"{self.node.name}.{role}" or name not in self.tensors:
+            raise ArtifactError(f"{self.where}: input {position} must be its initializer "
+                                f"'{self.node.name}.{role}', got '{name}'")
         value = self.tensors[name]
         if value.dtype != np.dtype(dtype):
             raise ArtifactError(f"{self.where}: tensor '{name}' has dtype {value.dtype}, expected {np.dtype(dtype)}")
@@ -241,8 +248,8 @@ class _NodeReader:
 
 
 def _read_synapse(reader: _NodeReader, extra: dict[str, Any]):
-    weight = reader.initializer(1, np.int64)
-    weight_float = reader.initializer(2, np.float32)
+    weight = reader.initializer(1, "weight", np.int64)
+    weight_float = reader.initializer(2, "weight_float", np.float32)
     quantized = QuantizedSynapse(weight=weight, weight_exp=reader.int("weight_exp"),
                                  num_weight_bits=reader.int("num_weight_bits"), sign_mode=reader.string("sign_mode"))
     return dict(weight=weight_float, quantized=quantized, **extra)
@@ -276,11 +283,11 @@ def _read_lif(reader: _NodeReader) -> LIF:
     reader.expect_attributes({"shape", "du", "dv", "vth", "bias_exp", "scale", "tau", "tau_current", "v_threshold"})
     reader.expect_inputs(1, 2)
     quantized = QuantizedLIF(du=reader.int("du"), dv=reader.int("dv"), vth=reader.int("vth"),
-                             bias_mant=reader.initializer(1, np.int64), bias_exp=reader.int("bias_exp"),
+                             bias_mant=reader.initializer(1, "bias_mant", np.int64), bias_exp=reader.int("bias_exp"),
                              scale=reader.float("scale"))
     return LIF(reader.node.name, shape=tuple(reader.ints("shape", 0)), tau=reader.float("tau"),
                v_threshold=reader.float("v_threshold"), tau_current=reader.float("tau_current"),
-               bias=reader.initializer(2, np.float32), quantized=quantized)
+               bias=reader.initializer(2, "bias_float", np.float32), quantized=quantized)
 
 
 def _read_output(reader: _NodeReader) -> Output:
@@ -296,11 +303,10 @@ _READERS: dict[tuple[str, str], Callable[[_NodeReader], Node]] = {
 
 
 def _input_node(value_info) -> Input:
-    dims = value_info.type.tensor_type.shape.dim
-    if value_info.type.tensor_type.elem_type != TensorProto.UINT8 or len(dims) < 2 \
-            or not all(d.HasField("dim_value") for d in dims[1:]):
+    shape = _declared_shape(value_info)
+    if shape is None:
         raise ArtifactError(f"graph input '{value_info.name}' must be uint8 spikes of shape (batch, *fixed dimensions)")
-    return Input(value_info.name, tuple(int(d.dim_value) for d in dims[1:]))
+    return Input(value_info.name, shape)
 
 
 def _initializers(onnx_graph) -> dict[str, np.ndarray]:
@@ -375,6 +381,33 @@ def _check_outputs(onnx_graph, nodes: list[Node], states: set[str]) -> None:
                             f"populations' spikes {sorted(expected)}")
 
 
+def _declared_shape(value_info) -> tuple[int, ...] | None:
+    """A uint8 tensor's shape after the batch dimension, or None when it is not one."""
+    dims = value_info.type.tensor_type.shape.dim
+    if value_info.type.tensor_type.elem_type != TensorProto.UINT8 or len(dims) < 2 \
+            or not all(d.HasField("dim_value") for d in dims[1:]):
+        return None
+    return tuple(int(d.dim_value) for d in dims[1:])
+
+
+def _check_interface(onnx_graph, graph: Graph) -> None:
+    """The declared graph outputs and state inputs are uint8 spikes of their population's shape,
+    so another ONNX consumer reads the same interface as this loader."""
+    expected = {graph.output.name: graph.output_population.shape}
+    expected.update({lif.name: lif.shape for lif in graph.populations})
+    for value_info in onnx_graph.output:
+        shape = expected[value_info.name]
+        if _declared_shape(value_info) != tuple(shape):
+            raise ArtifactError(f"graph output '{value_info.name}' must be declared uint8 (batch, "
+                                f"{', '.join(map(str, shape))})")
+    for value_info in onnx_graph.input:
+        if value_info.name.endswith(STATE_SUFFIX):
+            shape = graph.node(value_info.name[: -len(STATE_SUFFIX)]).shape
+            if _declared_shape(value_info) != tuple(shape):
+                raise ArtifactError(f"state input '{value_info.name}' must be declared uint8 (batch, "
+                                    f"{', '.join(map(str, shape))})")
+
+
 def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
     if meta.get("schema") != SCHEMA_NAME:
         raise ArtifactError(f"{path}: not an {SCHEMA_NAME} artifact (schema={meta.get('schema')!r})")
@@ -405,6 +438,10 @@ def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
                 extra[key] = json.loads(value)
             except json.JSONDecodeError:
                 extra[key] = value
+            expected = _PROVENANCE_TYPES.get(key)
+            if expected is not None and not isinstance(extra[key], expected):
+                raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be "
+                                    f"{' or '.join(t.__name__ for t in expected)}, got {type(extra[key]).__name__}")
     return {**fields, "metadata": extra}
 
 
@@ -429,6 +466,7 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
     try:
         nodes, edges = _read_nodes(model.graph, _initializers(model.graph))
         graph = Graph(tuple(nodes), tuple(edges))
+        _check_interface(model.graph, graph)
     except (ArtifactError, GraphError) as exc:
         raise ArtifactError(f"{path}: {exc}") from exc
     network = ExportedNetwork(graph, **fields)

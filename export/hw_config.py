@@ -103,6 +103,18 @@ class HardwareConfig:
         return -top, 0, step
 
 
+# Bounds of every integer field: wide enough for any Loihi-like chip, narrow enough that the
+# integer step (int64, export.fixed_point) cannot overflow and no value allocates without bound.
+FIELD_RANGES = {
+    "weight_bits": (1, 16), "num_weight_bits_max": (1, 16), "weight_exp_min": (-8, 8), "weight_exp_max": (-8, 8),
+    "activation_bits": (1, 32), "delay_bits": (1, 16), "bias_mant_bits": (1, 32), "bias_exp_min": (0, 16),
+    "bias_exp_max": (0, 16), "vth_bits": (1, 32), "vth_shift": (0, 8), "activation_shift": (0, 8),
+    "decay_bits": (1, 16), "du_offset": (0, 1), "dv_offset": (0, 1), "state_bits": (2, 32),
+    "neurons_per_core": (1, 1 << 31), "cores_per_chip": (1, 1 << 31), "synaptic_memory_bits_per_core": (1, 1 << 40),
+    "fan_in_axons_per_core": (1, 1 << 31), "fan_out_axons_per_core": (1, 1 << 31),
+}
+
+
 def _require_int(raw: dict, key: str, where: str) -> int:
     if key not in raw:
         raise HardwareConfigError(f"{where}: missing key '{key}'")
@@ -128,20 +140,15 @@ def hardware_config_from_dict(raw: Any, where: str) -> HardwareConfig:
         else:
             values[name] = _require_int(raw, name, where)
     cfg = HardwareConfig(**values)
-    positive = ("weight_bits", "num_weight_bits_max", "activation_bits", "delay_bits", "bias_mant_bits", "vth_bits",
-                "decay_bits", "state_bits", "neurons_per_core", "cores_per_chip",
-                "synaptic_memory_bits_per_core", "fan_in_axons_per_core", "fan_out_axons_per_core")
-    for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise HardwareConfigError(f"{where}: '{name}' must be positive, got {getattr(cfg, name)}")
+    for name, (low, high) in FIELD_RANGES.items():
+        value = getattr(cfg, name)
+        if not low <= value <= high:
+            raise HardwareConfigError(f"{where}: '{name}' = {value} is outside [{low}, {high}] (the range the "
+                                      "integer arithmetic supports)")
     if cfg.weight_exp_min > cfg.weight_exp_max or cfg.bias_exp_min > cfg.bias_exp_max:
         raise HardwareConfigError(f"{where}: an exponent range has min > max")
-    if cfg.bias_exp_min < 0:
-        raise HardwareConfigError(f"{where}: 'bias_exp_min' must be >= 0 (an unsigned exponent)")
     if cfg.num_weight_bits_max > cfg.weight_bits:
         raise HardwareConfigError(f"{where}: 'num_weight_bits_max' exceeds 'weight_bits'")
-    if cfg.du_offset not in (0, 1) or cfg.dv_offset not in (0, 1):
-        raise HardwareConfigError(f"{where}: decay offsets are 1-bit registers (0 or 1)")
     return cfg
 
 

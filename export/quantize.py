@@ -194,7 +194,7 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
     quantized_synapses, synapse_reports = [], []
     largest = np.zeros(population.neurons, np.int64)
     smallest = np.zeros(population.neurons, np.int64)
-    synapse_count = axons = 0
+    synapse_count, axons = 0, {}
     for (synapse, edge), w in zip(synapses, weights):
         q, n_clipped = _quantize_synapse(synapse, w, scale, hw, allow_clip, notes)
         quantized_synapses.append(dataclasses.replace(synapse, weight=w.astype(np.float32), quantized=q))
@@ -203,7 +203,7 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
         largest, smallest = largest + high, smallest + low
         # A conv stored as the unrolled matrix Lava runs: each neuron keeps its kernel's weights.
         synapse_count += (w.size // w.shape[0]) * population.neurons if isinstance(synapse, Conv2d) else w.size
-        axons += math.prod(source_shape)
+        axons[edge.source] = math.prod(source_shape)  # a source read twice still sends on its own axons
         error = q.weight / scale - w
         synapse_reports.append(SynapseReport(
             name=synapse.name, source=edge.source, sign_mode=q.sign_mode,
@@ -236,7 +236,7 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
                                          + np.abs(bias_eff) >= hw.state_limit - 1)),
         never_fire=int(never.sum()), always_fire=int(always.sum()), neurons=population.neurons,
         cores_needed=cores_needed(synapse_count, population.neurons, hw.num_weight_bits_max, hw),
-        fan_in_exceeds_core=axons > hw.fan_in_axons_per_core,
+        fan_in_exceeds_core=sum(axons.values()) > hw.fan_in_axons_per_core,
     )
     return quantized_lif, quantized_synapses, report, notes
 

@@ -79,8 +79,8 @@ class QuantizationReport:
                                            ("v-may-saturate", r.voltage_may_saturate)) if on]
             if r.tau_current_effective > 0:
                 flags.append(f"current-based du={r.du}")
-            signs = "/".join(sorted({s.sign_mode[:3] for s in r.synapses})) if len(r.synapses) > 1 \
-                else r.synapses[0].sign_mode[:6]
+            modes = sorted({s.sign_mode for s in r.synapses})
+            signs = modes[0][:6] if len(modes) == 1 else "+".join(m[:3] for m in modes)
             lines.append(
                 f"{r.name:<{width}}{signs:<7}{r.scale:>9.2f}{r.weights_clipped:>7d}{r.weight_max_abs_error:>10.2e}"
                 f"{r.bias_exp:>6d}{r.bias_clipped:>7d}{r.bias_max_abs_error:>10.2e}{r.vth:>7d}{r.threshold_error:>9.1e}"

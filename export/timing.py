@@ -14,8 +14,11 @@ With the input played from Lava step 1 (sample step j at Lava step j + 1):
     emit[P] = max over P's synapses s (reading source src, lag l = 1 if recurrent else 0)
               of emit[src] + 1 - l                     P's step j runs at Lava step j + emit[P]
     delay[s] = emit[P] - emit[src] + l - 1            (>= 0, <= the hardware's maximum)
-A recurrent edge from a population that runs later than its target would need a negative
-delay: such a graph trains, but cannot be deployed with its trained timing, and is refused.
+emit is the least solution of those inequalities over every synapse, recurrent ones
+included, so a population also waits for a recurrent input from a population that runs
+later, as long as no loop runs slower on Lava than trained. A loop of populations with a
+forward synapse in it (feedback from a deeper population) takes more Lava steps than trained
+steps: such a graph trains, but cannot be deployed with its trained timing, and is refused.
 """
 from __future__ import annotations
 
@@ -48,32 +51,67 @@ def _spike_source(graph: Graph, name: str) -> str:
     return name
 
 
+def _links(graph: Graph) -> list[tuple[str, str, int, object, object]]:
+    """(source, population, trained lag, synapse, edge) for every synapse: the population at
+    step t reads the source's spikes of step t - lag."""
+    return [(_spike_source(graph, edge.source), population.name, int(edge.recurrent), synapse, edge)
+            for population in graph.nodes_of_type(LIF) for synapse, edge in graph.synapses_into(population.name)]
+
+
+def _loop_through(links, start: str, parent: dict[str, tuple]) -> list[tuple]:
+    """The links of a loop found by following `parent` back from `start` (Bellman-Ford)."""
+    node = start
+    for _ in range(len(parent) + 1):  # walk far enough back to stand on the loop
+        node = parent[node][0]
+    loop, current = [], node
+    while True:
+        link = parent[current]
+        loop.append(link)
+        current = link[0]
+        if current == node:
+            return loop[::-1]
+
+
+def _slow_loop_error(loop: list[tuple]) -> TimingError:
+    recurrent = next(link for link in loop if link[2])
+    names = " -> ".join([loop[0][0]] + [link[1] for link in loop])
+    trained = sum(link[2] for link in loop)
+    return TimingError(
+        f"recurrent edge {recurrent[4].source} -> {recurrent[3].name}: the loop {names} takes {len(loop)} steps on "
+        f"Lava (every synapse adds one) but {trained} in the trained network (only its recurrent edges delay), so "
+        "Lava cannot keep the trained timing; feedback from a deeper layer cannot be deployed yet")
+
+
 def deployment_timing(graph: Graph, max_delay: int) -> DeploymentTiming:
     """The pipeline timing of `graph` on Lava; raises TimingError naming the edge that
-    cannot keep its trained timing or needs more than `max_delay` steps of delay."""
+    cannot keep its trained timing or needs more than `max_delay` steps of delay.
+
+    emit is the least solution of emit[P] >= emit[src] + 1 - lag over every synapse,
+    recurrent ones included (a longest-path problem, solved by Bellman-Ford). It exists
+    unless a loop of populations takes more Lava steps (one per synapse) than trained
+    steps (one per recurrent edge), i.e. real feedback from a deeper population."""
+    links = _links(graph)
     emit: dict[str, int] = {graph.input.name: 1}
-    for population in graph.nodes_of_type(LIF):
-        arrivals = [emit[source] + 1 - edge.recurrent
-                    for _, edge in graph.synapses_into(population.name)
-                    if (source := _spike_source(graph, edge.source)) in emit]
-        if not arrivals:
-            raise TimingError(f"population {population.name} reads only recurrent inputs from populations that run "
-                              "after it; its place in the Lava pipeline is undefined")
-        emit[population.name] = max(arrivals)
+    parent: dict[str, tuple] = {}
+    for round_ in range(len(links) + 1):
+        changed = None
+        for link in links:
+            source, population, lag = link[:3]
+            if source in emit and emit[source] + 1 - lag > emit.get(population, -(1 << 62)):
+                emit[population], parent[population], changed = emit[source] + 1 - lag, link, population
+        if changed is None:
+            break
+        if round_ == len(links):
+            raise _slow_loop_error(_loop_through(links, changed, parent))
+    missing = [p.name for p in graph.nodes_of_type(LIF) if p.name not in emit]
+    if missing:
+        raise TimingError(f"population(s) {', '.join(missing)} cannot be placed in the Lava pipeline")
     delay: dict[str, int] = {}
-    for population in graph.nodes_of_type(LIF):
-        for synapse, edge in graph.synapses_into(population.name):
-            source = _spike_source(graph, edge.source)
-            steps = emit[population.name] - emit[source] + edge.recurrent - 1
-            if steps < 0:
-                raise TimingError(
-                    f"recurrent edge {edge.source} -> {synapse.name}: on Lava every Dense adds a step, so "
-                    f"{edge.source}'s spikes reach {population.name} {1 - steps} steps later, but the trained network "
-                    f"reads them 1 step later; a recurrent edge must come from {population.name} itself or a "
-                    "population that runs no later")
-            if steps > max_delay:
-                raise TimingError(f"edge {edge.source} -> {synapse.name}: aligning this path with the longest one "
-                                  f"into {population.name} needs a delay of {steps} steps, more than the hardware's "
-                                  f"{max_delay}")
-            delay[synapse.name] = steps
+    for source, population, lag, synapse, edge in links:
+        steps = emit[population] - emit[source] + lag - 1
+        if steps > max_delay:
+            raise TimingError(f"edge {edge.source} -> {synapse.name}: aligning this path with the longest one "
+                              f"into {population} needs a delay of {steps} steps, more than the hardware's "
+                              f"{max_delay}")
+        delay[synapse.name] = steps
     return DeploymentTiming(emit, delay)

@@ -167,9 +167,12 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_pair(reference: BackendRun, candidate: BackendRun, must_be_identical: bool) -> PairComparison:
-    """Population-by-population spike comparison of two backends on the same samples (the
-    populations both recorded, in the reference's order, which is the graph's)."""
-    names = [name for name in reference.population_spikes if name in candidate.population_spikes]
+    """Population-by-population spike comparison of two backends on the same samples and the
+    same populations, in the reference's order (the graph's)."""
+    names = list(reference.population_spikes)
+    if set(names) != set(candidate.population_spikes):
+        raise ValueError(f"{reference.name} recorded populations {sorted(names)} but {candidate.name} recorded "
+                         f"{sorted(candidate.population_spikes)}: they ran different networks")
     compared = []
     samples = len(next(iter(reference.population_spikes.values())))
     first_step = np.full(samples, np.iinfo(np.int64).max)
@@ -238,7 +241,8 @@ def check_gates(report: FidelityReport, max_accuracy_drop: float | None, require
         drop = 100.0 * (report.accuracy["trained"] - report.accuracy[deployed])
         if drop > max_accuracy_drop:
             return (f"deployed accuracy dropped {drop:.2f} pp (trained {100 * report.accuracy['trained']:.2f}% -> "
-                    f"{deployed} {100 * report.accuracy[deployed]:.2f}%), more than --max-accuracy-drop {max_accuracy_drop:g}")
+                    f"{deployed} {100 * report.accuracy[deployed]:.2f}% on {report.samples} samples, where one "
+                    f"prediction is {100 / report.samples:.2f} pp), more than --max-accuracy-drop {max_accuracy_drop:g}")
     return None
 
 

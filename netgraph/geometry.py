@@ -36,6 +36,9 @@ class ConvGeometry:
         if min(c, h, w, kh, kw, self.stride) < 1 or self.padding < 0:
             return (f"invalid conv geometry: input {self.in_shape}, kernel {self.kernel}, stride {self.stride}, "
                     f"padding {self.padding}")
+        if self.padding >= min(kh, kw):
+            return (f"padding {self.padding} must be smaller than the {kh}x{kw} kernel (wider padding only adds "
+                    "outputs that read nothing but zeros)")
         if kh > h + 2 * self.padding or kw > w + 2 * self.padding:
             return f"kernel {kh}x{kw} is larger than the padded {h}x{w} input (padding {self.padding})"
         return None

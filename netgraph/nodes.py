@@ -36,7 +36,7 @@ from netgraph.geometry import ConvGeometry, pooled_shape
 
 SPIKES, POOLED, CURRENT = "spikes", "pooled", "current"
 SIGN_MODES = ("mixed", "excitatory", "inhibitory")
-NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,199}")
 
 # (source name, source output shape) for each input edge of a node, in edge order.
 Inputs = Sequence[tuple[str, tuple[int, ...]]]
@@ -93,7 +93,7 @@ class Node(abc.ABC):
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
-            raise GraphError(f"node name {self.name!r} must be 1-64 characters: a letter, then letters, digits or '_'")
+            raise GraphError(f"node name {self.name!r} must be 1-200 characters: a letter, then letters, digits or '_'")
 
     @property
     def kind(self) -> str:

@@ -14,10 +14,11 @@ from export.artifact import ArtifactError, load_artifact, save_artifact
 from export.emulator import emulate
 from export.hw_config import HardwareConfigError, resolve_hardware_config
 from export.quantize import QuantizationWarning
+from export.timing import TimingError, deployment_timing
 from export.validate import ExportRangeError
 from lava_backend.fidelity import check_gates, plot_report
 from lava_backend.runner import run_network
-from netgraph import GraphError, predict_classes
+from netgraph import Graph, GraphError, predict_classes
 from netgraph.provenance import atomic_write
 from spikedata import DataError
 from stbp_cli.pipeline import FidelityError, evaluation_spikes, evaluation_split, export_checkpoint, run_fidelity
@@ -60,7 +61,7 @@ def _cmd_train(args) -> int:
             "data.path": args.data_path,
         },
     )
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    result = train(config, resume=args.resume, progress=not args.no_progress, inspect=_warn_if_not_deployable)
     history_path = Path(config.output_dir) / "history.json"
     with atomic_write(history_path, "w") as handle:
         json.dump(result.history, handle, indent=2)
@@ -70,6 +71,16 @@ def _cmd_train(args) -> int:
               f"({len(result.dataset.test.labels)} test samples)")
     print(f"checkpoint: {result.checkpoint_path}")
     return 0
+
+
+def _warn_if_not_deployable(graph: Graph) -> None:
+    """Says before the first epoch when the network trains but Lava could not run it with
+    its trained timing (e.g. feedback from a later layer), instead of at export."""
+    try:
+        deployment_timing(graph, resolve_hardware_config("loihi2").max_synaptic_delay)
+    except TimingError as exc:
+        print(f"warning: this network trains, but cannot be exported for Lava with its trained timing: {exc}",
+              file=sys.stderr)
 
 
 def _add_export(sub) -> None:
@@ -113,11 +124,13 @@ def _add_run(sub) -> None:
 
 def _cmd_run(args) -> int:
     network = load_artifact(args.artifact)
-    training_data = network.metadata.get("training_config", {}).get("data", {})
+    training_data = network.metadata.get("training_config", {}).get("data")
+    training_data = training_data if isinstance(training_data, dict) else {}
     name = args.data or training_data.get("name")
-    if not name:
+    if not isinstance(name, str) or not name:
         raise ValueError(f"{args.artifact} does not say which data set it was trained on; pass --data")
     path = args.data_path or (training_data.get("path") if name == training_data.get("name") else None)
+    path = path if isinstance(path, str) else None
     split = evaluation_split(network, name, path, args.limit)
     spikes = evaluation_spikes(network, split)
     started = time.perf_counter()

@@ -101,7 +101,10 @@ def run_fidelity(checkpoint_path, artifact_path, data_path: str | None = None, l
     checkpoint = load_checkpoint(checkpoint_path)
     expected_hash = network.metadata.get("source_checkpoint_sha256")
     actual_hash = hashlib.sha256(Path(checkpoint_path).read_bytes()).hexdigest()
-    if expected_hash and expected_hash != actual_hash:
+    if expected_hash is None:
+        raise FidelityError(f"{artifact_path} does not record the checkpoint it was exported from "
+                            "(source_checkpoint_sha256), so it cannot be compared with one; export it with `stbp export`")
+    if expected_hash != actual_hash:
         raise FidelityError(f"{artifact_path} was exported from a different checkpoint than {checkpoint_path} "
                             f"(sha256 {expected_hash[:12]}... vs {actual_hash[:12]}...); export it again")
     unknown = set(backends) - set(BACKENDS)

@@ -48,7 +48,17 @@ def test_shipped_residual_and_recurrent_configs_build_their_graphs():
     ([{"type": "dense", "units": 10, "inputs": [{"source": "layer0", "recurrent": True}]}],
      "needs at least one input that is not recurrent"),
     ([{"type": "dense", "units": 4}, {"type": "dense", "units": 10, "inputs": ["input"]}],
-     "layer 'layer0' is read by no layer and is not the output"),
+     "layer 'layer0' is read by no other layer and is not the output"),
+    ([{"name": "a", "type": "dense", "units": 4, "inputs": ["input", {"source": "a", "recurrent": True}]},
+      {"type": "dense", "units": 10, "inputs": ["input"]}], "layer 'a' is read by no other layer"),
+    ([{"name": "d", "type": "dense", "units": 4},
+      {"type": "conv", "channels": 2, "kernel_size": 3, "inputs": ["input", {"source": "d", "recurrent": True}]},
+      {"type": "dense", "units": 10}], "inputs\\[1\\]: a conv layer cannot read the dense layer 'd'"),
+    ([{"name": "b_sum", "type": "dense", "units": 4}, {"name": "b", "type": "dense", "units": 10,
+                                                       "inputs": ["input", "b_sum"]}],
+     "layers\\[0\\].name: b_sum is the name of the node that adds the inputs of layer 'b'"),
+    ([{"name": "x" * 65, "type": "dense", "units": 10}], "must be a letter followed by letters, digits or '_' "
+                                                         "\\(at most 64\\)"),
     ([{"name": "output", "type": "dense", "units": 10}], "'output' must be a letter"),
     ([{"name": "a", "type": "dense", "units": 4}, {"name": "a", "type": "dense", "units": 10}],
      "layers\\[1\\].name: 'a' is already the name of"),
@@ -59,6 +69,36 @@ def test_bad_wiring_is_refused_naming_the_key(layers, message):
     with pytest.raises(ConfigError, match=message) as info:
         config_from_dict(model(layers), "net.yaml")
     assert "net.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([{"name": "stem", "type": "conv", "channels": 2, "kernel_size": 3, "padding": 1},
+      {"name": "inner", "type": "conv", "channels": 2, "kernel_size": 3},
+      {"type": "dense", "units": 10, "inputs": ["inner"]}, ],
+     None),
+    ([{"name": "stem", "type": "conv", "channels": 2, "kernel_size": 3, "padding": 1},
+      {"name": "inner", "type": "conv", "channels": 2, "kernel_size": 3},
+      {"name": "block", "type": "conv", "channels": 2, "kernel_size": 3, "padding": 1,
+       "inputs": ["inner", {"source": "stem", "kernel_size": 1, "padding": 0}]},
+      {"type": "dense", "units": 10}],
+     "net.yaml: model.layers\\[2\\].inputs\\[1\\] \\(stem\\): gives a current of shape \\(2, 8, 8\\), but layer "
+     "block's neurons have shape \\(2, 6, 6\\); set this input's kernel_size, stride or padding so that it gives "
+     "6x6 maps"),
+    ([{"name": "r", "type": "conv", "channels": 2, "kernel_size": 3,
+       "inputs": ["input", {"source": "r", "recurrent": True}]}, {"type": "dense", "units": 10}],
+     "net.yaml: model.layers\\[0\\].inputs\\[1\\] \\(r\\): gives a current of shape \\(2, 4, 4\\), but layer r's neurons "
+     "have shape \\(2, 6, 6\\)"),
+    ([{"type": "conv", "channels": 2, "kernel_size": 3, "padding": 3}, {"type": "dense", "units": 10}],
+     "net.yaml: model.layers\\[0\\].inputs\\[0\\]: edge input -> layer0_from_input: padding 3 must be smaller than "
+     "the 3x3 kernel"),
+])
+def test_shapes_that_do_not_fit_name_the_file_and_the_input(layers, message):
+    config = config_from_dict(model(layers), "net.yaml")
+    if message is None:
+        SpikingNetwork.from_config(config.model, (1, 8, 8), source=config.source)
+        return
+    with pytest.raises(ConfigError, match=message):
+        SpikingNetwork.from_config(config.model, (1, 8, 8), source=config.source)
 
 
 def test_names_and_inputs_are_filled_in_and_round_trip():

@@ -86,6 +86,8 @@ def _set_meta(key, value):
         for prop in model.metadata_props:
             if prop.key == key:
                 prop.value = value
+                return
+        model.metadata_props.add(key=key, value=value)
     return mutate
 
 
@@ -183,8 +185,8 @@ REFUSALS = {
     "unknown_op": (_set_op("l1", "LoihiIzhikevich"), "op ai.stbp_loihi.LoihiIzhikevich is not part of schema 2"),
     "dangling": (_add_dangling_population, "node extra_in \\(Dense\\) .*emits a current, which must feed exactly one"),
     "unused_initializer": (_add_initializer, "initializer\\(s\\) stray are used by no node"),
-    "duplicate_initializer": (_duplicate_initializer, "l0.bias_mant"),
-    "duplicate_node": (_rename_node("l1", "l0"), "two nodes are named 'l0'|onnx.checker"),
+    "duplicate_initializer": (_duplicate_initializer, "l0.bias_mant initializer name is not unique"),
+    "duplicate_node": (_rename_node("l1", "l0"), "node l0 \\(LoihiLIF\\): two nodes are named 'l0'"),
     "bad_name": (_rename_node("d0", "d0.dense"), "node d0.dense .*needs a name"),
     "swapped": (_swap_nodes("l0", "l1"), "onnx.checker refuses.*topologically sorted"),
 }
@@ -250,3 +252,32 @@ def test_artifact_is_readable_and_runnable_without_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert "(2, 5, 4)" in result.stdout
+
+
+def _set_value_info(which, name, elem_type, dims):
+    def mutate(model):
+        items = model.graph.input if which == "input" else model.graph.output
+        for i, v in enumerate(items):
+            if v.name == name:
+                items[i].CopyFrom(onnx.helper.make_tensor_value_info(name, elem_type, dims))
+    return mutate
+
+
+@pytest.mark.parametrize("case, mutate, message", [
+    ("state_shape", _set_value_info("input", "h.previous", onnx.TensorProto.UINT8, ["batch", 3]),
+     "state input 'h.previous' must be declared uint8 \\(batch, 8\\)"),
+    ("output_type", _set_value_info("output", "output", onnx.TensorProto.FLOAT, ["batch", 4]),
+     "graph output 'output' must be declared uint8 \\(batch, 4\\)"),
+    ("metadata_type", _set_meta("training_config", "[1, 2]"), "metadata is invalid: 'training_config' must be dict, "
+                                                             "got list"),
+])
+def test_loader_checks_the_declared_interface_and_provenance(case, mutate, message, tmp_path):
+    path = _variant(tmp_path, to_onnx(network("recurrent")), case, mutate)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(path)
+
+
+def test_a_conv_with_absurd_padding_is_refused_before_anything_allocates(tmp_path):
+    path = _variant(tmp_path, to_onnx(network("conv")), "pads", _set_attr("c_in", "pads", [10**6] * 4))
+    with pytest.raises(ArtifactError, match="edge input -> c_in: padding 1000000 must be smaller than the 3x3 kernel"):
+        load_artifact(path)

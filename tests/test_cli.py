@@ -30,3 +30,22 @@ def test_train_cli_bad_config_exits_2_with_the_key(tmp_path):
     out = stbp("train", "--config", str(config))
     assert out.returncode == 2
     assert "bad.yaml" in out.stderr and "model.layers[0].units" in out.stderr
+
+
+def test_feedback_from_a_later_layer_trains_with_a_warning_and_export_names_the_edge(tmp_path):
+    config = tmp_path / "feedback.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"name": "digits", "train_limit": 60, "test_limit": 20},
+        "encoding": {"time_steps": 3},
+        "model": {"layers": [
+            {"name": "a", "type": "dense", "units": 8, "inputs": ["input", {"source": "b", "recurrent": True}]},
+            {"name": "b", "type": "dense", "units": 10}]},
+        "training": {"epochs": 1, "device": "cpu"},
+    }))
+    out = stbp("train", "--config", str(config), "--output-dir", str(tmp_path / "out"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "warning: this network trains, but cannot be exported for Lava" in out.stderr
+    assert "recurrent edge b -> a_recurrent_from_b" in out.stderr
+    export = stbp("export", str(tmp_path / "out" / "checkpoint.safetensors"), "-o", str(tmp_path / "net.onnx"))
+    assert export.returncode == 2
+    assert "recurrent edge b -> a_recurrent_from_b" in export.stderr and not (tmp_path / "net.onnx").exists()

@@ -38,14 +38,25 @@ def test_shipped_hw_configs_hold_lavas_fixed_point_limits(name):
     assert hw.max_synaptic_delay == 63  # DelayDense's 6-bit delays
 
 
+def test_every_integer_hw_field_is_bounded():
+    import dataclasses
+
+    from export.hw_config import FIELD_RANGES, HardwareConfig
+
+    integer_fields = {f.name for f in dataclasses.fields(HardwareConfig) if f.type == "int"}
+    assert integer_fields == set(FIELD_RANGES)
+
+
 def test_hw_config_errors_name_file_and_key(tmp_path):
     good = yaml.safe_load((HW_CONFIG_DIR / "loihi2.yaml").read_text())
     cases = {
         "missing": ({k: v for k, v in good.items() if k != "vth_bits"}, "missing key 'vth_bits'"),
         "unknown": ({**good, "vth_bitz": 3}, "unknown key(s) vth_bitz"),
         "not_int": ({**good, "decay_bits": "12"}, "'decay_bits' must be an integer"),
-        "negative": ({**good, "weight_bits": 0}, "'weight_bits' must be positive"),
-        "offset": ({**good, "du_offset": 2}, "decay offsets"),
+        "negative": ({**good, "weight_bits": 0}, "'weight_bits' = 0 is outside [1, 16]"),
+        "offset": ({**good, "du_offset": 2}, "'du_offset' = 2 is outside [0, 1]"),
+        "huge": ({**good, "vth_bits": 10**12}, "'vth_bits' = 1000000000000 is outside [1, 32]"),
+        "negative_shift": ({**good, "activation_shift": -3}, "'activation_shift' = -3 is outside [0, 8]"),
     }
     for label, (raw, message) in cases.items():
         path = tmp_path / f"{label}.yaml"

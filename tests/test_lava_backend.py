@@ -180,6 +180,16 @@ def test_recurrent_connection_is_bit_exact_because_in_flight_input_is_cleared(mo
         assert_bit_exact(network, spikes)
 
 
+def test_a_target_that_waits_for_a_later_recurrent_source_is_bit_exact():
+    from test_graph import late_recurrent_structure
+
+    rng = np.random.default_rng(15)
+    network = integer_network(late_recurrent_structure(), 5, rng, vth=60)
+    spikes = (rng.random((6, 5, 3)) < 0.5).astype(np.uint8)
+    emulated, lava = assert_bit_exact(network, spikes)
+    assert emulated.population_spikes["a"].sum() > 0 and lava.pauses > 0
+
+
 def test_current_based_neurons_are_bit_exact():
     rng = np.random.default_rng(13)
     for structure in (chain_structure((10, 8, 4)), recurrent_structure()):
@@ -447,3 +457,10 @@ def test_inputs_lava_cannot_honour_are_refused_naming_the_problem():
     odd_hw = dataclasses.replace(HW, name="odd", vth_shift=5)
     with pytest.raises(ValueError, match="hardware config 'odd' differs .*vth_shift = 5 \\(Lava: 6\\)"):
         run_network(dataclasses.replace(network, hardware=odd_hw), np.zeros((1, 3, 1), np.uint8), progress=False)
+
+
+def test_backends_that_recorded_different_populations_are_not_compared():
+    a = BackendRun("trained", {"x": np.zeros((1, 2, 3), np.uint8)}, "x", 1.0)
+    b = BackendRun("emulator", {"y": np.zeros((1, 2, 3), np.uint8)}, "y", 1.0)
+    with pytest.raises(ValueError, match="trained recorded populations \\['x'\\] but emulator recorded \\['y'\\]"):
+        compare_pair(a, b, True)

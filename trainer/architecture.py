@@ -40,44 +40,69 @@ def _synapse(layer: LayerConfig, layer_input: LayerInput, name: str):
                   padding=layer_input.padding if layer_input.padding is not None else layer.padding)
 
 
-def build_graph(model: ModelConfig, input_shape: tuple[int, ...]) -> Graph:
+def _synapse_output(synapse, layer_input: LayerInput, shapes: dict, key: str) -> tuple[int, ...]:
+    try:
+        return tuple(synapse.output_shape([(layer_input.source, shapes[layer_input.source])]))
+    except GraphError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+
+
+def _check_fits(layer: LayerConfig, synapse, layer_input: LayerInput, shapes: dict, key: str) -> None:
+    """Every input must bring a current of the layer's shape (they are added)."""
+    got, wanted = _synapse_output(synapse, layer_input, shapes, key), shapes[layer.name]
+    if got != wanted:
+        hint = (f"; set this input's kernel_size, stride or padding so that it gives {wanted[1]}x{wanted[2]} maps"
+                if layer.type == "conv" else "")
+        raise ConfigError(f"{key} ({layer_input.source}): gives a current of shape {got}, but layer {layer.name}'s "
+                          f"neurons have shape {wanted}{hint}")
+
+
+def build_graph(model: ModelConfig, input_shape: tuple[int, ...], source: str = "config") -> Graph:
     """The structure of the configured network for inputs of `input_shape` (one sample at
-    one step, e.g. (1, 8, 8)); raises ConfigError naming the layer when it does not fit."""
+    one step, e.g. (1, 8, 8)); raises ConfigError naming `source` (the config file) and the
+    layer when a layer does not fit what it reads."""
+    where = f"{source}: model.layers"
     nodes: list = [Input(INPUT_NAME, tuple(int(d) for d in input_shape))]
     edges: list[Edge] = []
     shapes = {INPUT_NAME: tuple(input_shape)}  # what each layer emits, by the nodes' own shape rules
+    later: list[tuple] = []  # recurrent inputs from layers further down, checked once all shapes are known
     for i, layer in enumerate(model.layers):
-        try:
-            if layer.type == "avgpool":
-                (source,) = layer.inputs
-                pool = AvgPool2d(layer.name, kernel_size=layer.kernel_size)
-                shapes[layer.name] = pool.output_shape([(source.source, shapes[source.source])])
-                nodes.append(pool)
-                edges.append(Edge(source.source, layer.name))
-                continue
-            synapses = [(_synapse(layer, inp, synapse_name(layer.name, inp)), inp) for inp in layer.inputs]
-            first_synapse, first_input = next((s, inp) for s, inp in synapses if not inp.recurrent)
-            shape = first_synapse.output_shape([(first_input.source, shapes[first_input.source])])
-        except GraphError as exc:
-            raise ConfigError(f"model.layers[{i}] ({layer.name}): {exc}") from exc
-        shapes[layer.name] = shape
-        for synapse, inp in synapses:
+        key = f"{where}[{i}]"
+        if layer.type == "avgpool":
+            (source_input,) = layer.inputs
+            pool = AvgPool2d(layer.name, kernel_size=layer.kernel_size)
+            try:
+                shapes[layer.name] = pool.output_shape([(source_input.source, shapes[source_input.source])])
+            except GraphError as exc:
+                raise ConfigError(f"{key} ({layer.name}): {exc}") from exc
+            nodes.append(pool)
+            edges.append(Edge(source_input.source, layer.name))
+            continue
+        synapses = [(_synapse(layer, inp, synapse_name(layer.name, inp)), inp) for inp in layer.inputs]
+        j, (first, first_input) = next((j, pair) for j, pair in enumerate(synapses) if not pair[1].recurrent)
+        shapes[layer.name] = _synapse_output(first, first_input, shapes, f"{key}.inputs[{j}]")
+        for j, (synapse, inp) in enumerate(synapses):
+            if inp.source in shapes:
+                _check_fits(layer, synapse, inp, shapes, f"{key}.inputs[{j}]")
+            else:
+                later.append((layer, synapse, inp, f"{key}.inputs[{j}]"))
             nodes.append(synapse)
             edges.append(Edge(inp.source, synapse.name, recurrent=inp.recurrent))
-        target = layer.name
         if len(synapses) > 1:
             nodes.append(Sum(f"{layer.name}_sum"))
             edges += [Edge(s.name, f"{layer.name}_sum") for s, _ in synapses]
             edges.append(Edge(f"{layer.name}_sum", layer.name))
         else:
             edges.append(Edge(synapses[0][0].name, layer.name))
-        nodes.append(LIF(layer.name, shape=shape, **lif_constants(layer, model)))
+        nodes.append(LIF(layer.name, shape=shapes[layer.name], **lif_constants(layer, model)))
+    for layer, synapse, inp, key in later:
+        _check_fits(layer, synapse, inp, shapes, key)
     nodes.append(Output(OUTPUT_NAME))
     edges.append(Edge(model.layers[-1].name, OUTPUT_NAME))
     try:
         return Graph(tuple(nodes), tuple(edges))
     except GraphError as exc:
-        raise ConfigError(f"model: {exc}") from exc
+        raise ConfigError(f"{source}: model: {exc}") from exc
 
 
 def fan_in(graph: Graph, population: str) -> int:

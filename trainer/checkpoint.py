@@ -150,7 +150,8 @@ def _keys_from_format_1(state: dict[str, torch.Tensor], config: RunConfig) -> di
 def build_model(checkpoint: Checkpoint) -> SpikingNetwork:
     """The SpikingNetwork of a checkpoint with its trained weights, in eval mode, on CPU."""
     try:
-        model = SpikingNetwork.from_config(checkpoint.config.model, checkpoint.input_shape)
+        model = SpikingNetwork.from_config(checkpoint.config.model, checkpoint.input_shape,
+                                           source=f"{checkpoint.path} (embedded config)")
     except (ConfigError, ValueError) as exc:
         raise CheckpointError(f"{checkpoint.path}: the network its config describes cannot be built: {exc}") from exc
     try:

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+import re
+
 from netgraph.nodes import NAME_PATTERN
 from spikedata import DATASETS
 from trainer.encoding import ENCODINGS
@@ -22,6 +24,7 @@ LAYER_TYPES = ("dense", "conv", "avgpool")
 SPIKING_LAYER_TYPES = ("dense", "conv")
 INPUT_NAME = "input"  # what `inputs` calls the network's input
 RESERVED_NAMES = (INPUT_NAME, "output")
+LAYER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # graph node names built from it stay below 200
 LOSSES = ("mse", "ce")
 INITS = ("pytorch", "paper")
 
@@ -134,9 +137,13 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     seed: int = 0
     output_dir: str = "runs/default"
+    # Where the config came from (a file name), for error messages; not part of the run.
+    source: str = field(default="config", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        raw = dataclasses.asdict(self)
+        raw.pop("source")
+        return raw
 
 
 # --------------------------------------------------------------------------- parsing
@@ -264,11 +271,11 @@ def _layer_names(layers: tuple[LayerConfig, ...], where: str) -> list[str]:
         default = f"layer{counts[group]}" if layer.spiking else f"pool{counts[group]}"
         counts[group] += 1
         name = layer.name if layer.name is not None else default
-        if not NAME_PATTERN.fullmatch(name) or name in RESERVED_NAMES:
+        if not LAYER_NAME.fullmatch(name) or name in RESERVED_NAMES:
             raise ConfigError(f"{where}[{i}].name: {name!r} must be a letter followed by letters, digits or '_' "
                               f"(at most 64), and not {' or '.join(RESERVED_NAMES)}")
         if name in names:
-            raise ConfigError(f"{where}[{i}].name: {name!r} is already the name of {where}[{names.index(name)}]")
+            raise ConfigError(f"{where}[{i}].name: {name!r} is already the name of layer {names.index(name)}")
         names.append(name)
     return names
 
@@ -285,8 +292,7 @@ def _check_input(layers, names, i: int, j: int, layer_input: LayerInput, where: 
                               f"not {source!r}")
         if not layer.spiking:
             raise ConfigError(f"{where}: an avgpool layer cannot have a recurrent input")
-        return
-    if source != INPUT_NAME and names.index(source) >= i:
+    elif source != INPUT_NAME and names.index(source) >= i:
         raise ConfigError(f"{where}.source: {source!r} is not an earlier layer (a later layer, or the layer itself, "
                           "can only be read through a recurrent input: {source: NAME, recurrent: true})")
     source_type = "input" if source_layer is None else source_layer.type
@@ -321,11 +327,23 @@ def _resolve_layers(layers: tuple[LayerConfig, ...], where: str) -> tuple[LayerC
     if not resolved[-1].spiking:
         raise ConfigError(f"{where}[{len(layers) - 1}]: the last layer is the output and must be dense or conv "
                           "(an avgpool does not spike)")
-    read = {layer_input.source for layer in resolved for layer_input in layer.inputs}
+    read = {inp.source for layer in resolved for inp in layer.inputs if inp.source != layer.name}
     for i, layer in enumerate(resolved[:-1]):
         if layer.name not in read:
-            raise ConfigError(f"{where}[{i}]: layer {layer.name!r} is read by no layer and is not the output")
+            raise ConfigError(f"{where}[{i}]: layer {layer.name!r} is read by no other layer and is not the output")
+    _check_node_names(resolved, where)
     return tuple(resolved)
+
+
+def _check_node_names(layers: tuple[LayerConfig, ...], where: str) -> None:
+    """The graph node a layer builds for its sum must not take another layer's name
+    (trainer.architecture names it `<layer>_sum`)."""
+    names = {layer.name: i for i, layer in enumerate(layers)}
+    for layer in layers:
+        if layer.spiking and len(layer.inputs) > 1 and f"{layer.name}_sum" in names:
+            i = names[f"{layer.name}_sum"]
+            raise ConfigError(f"{where}[{i}].name: {layer.name}_sum is the name of the node that adds the inputs "
+                              f"of layer {layer.name!r}; choose another name")
 
 
 def _model_config(m: dict, w: str) -> ModelConfig:
@@ -399,6 +417,7 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         training=training,
         seed=_get(raw, "seed", source, int, 0),
         output_dir=_get(raw, "output_dir", source, str, "runs/default"),
+        source=source,
     )
 
 
@@ -426,4 +445,4 @@ def config_with_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
             node = node[key]
         node[leaf] = value
     raw["model"]["layers"] = [dict(layer) for layer in raw["model"]["layers"]]
-    return config_from_dict(raw, "config (with command-line overrides)")
+    return config_from_dict(raw, f"{config.source} (with command-line overrides)")

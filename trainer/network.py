@@ -215,9 +215,11 @@ class SpikingNetwork(nn.Module):
                     nn.init.zeros_(module.bias)
 
     @classmethod
-    def from_config(cls, model: ModelConfig, input_shape: tuple[int, ...], seed: int | None = None) -> "SpikingNetwork":
-        """The configured network for inputs of `input_shape` (one sample at one step)."""
-        return cls(build_graph(model, input_shape), Surrogate(model.surrogate, model.surrogate_width),
+    def from_config(cls, model: ModelConfig, input_shape: tuple[int, ...], seed: int | None = None,
+                    source: str = "config") -> "SpikingNetwork":
+        """The configured network for inputs of `input_shape` (one sample at one step);
+        `source` (the config's file) prefixes the errors of a network that does not fit."""
+        return cls(build_graph(model, input_shape, source), Surrogate(model.surrogate, model.surrogate_width),
                    model.temporal_gradient, model.init, seed)
 
     @property

@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from netgraph import predict_classes
+from netgraph import Graph, predict_classes
 from netgraph.provenance import derive_seed, package_versions
 from spikedata import Dataset, Split, load_dataset
 from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -168,12 +168,17 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    inspect: Callable[[Graph], None] | None = None,
 ) -> TrainResult:
-    """Trains (or resumes) the run described by `config`; writes a checkpoint each epoch."""
+    """Trains (or resumes) the run described by `config`; writes a checkpoint each epoch.
+    inspect(graph), if given, sees the network's graph before the first epoch (the CLI
+    warns there about networks Lava cannot run with their trained timing)."""
     device = select_device(config.training.device)
     dataset, input_shape = _training_data(config)
     torch.manual_seed(config.seed)
-    model = SpikingNetwork.from_config(config.model, input_shape, seed=config.seed).to(device)
+    model = SpikingNetwork.from_config(config.model, input_shape, seed=config.seed, source=config.source).to(device)
+    if inspect is not None:
+        inspect(model.graph)
     if model.num_outputs != dataset.num_classes:
         raise ValueError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
                          f"has {dataset.num_classes} classes")
