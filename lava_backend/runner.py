@@ -281,11 +281,11 @@ def _clear_in_flight(graph: _ShardGraph) -> None:
     """Zeroes what each recurrent synapse due now would deliver at the next step: all of a
     Dense's buffer, column 0 of a DelayDense's (its later columns belong to the new sample)."""
     for synapse in graph.clears.get(graph.steps_done, ()):
+        if len(synapse.a_buff.shape) == 1:  # a Dense: one message, no read back
+            synapse.a_buff.set(np.zeros(synapse.a_buff.shape))
+            continue
         buffer = np.array(synapse.a_buff.get())
-        if buffer.ndim == 2:
-            buffer[:, 0] = 0
-        else:
-            buffer[:] = 0
+        buffer[:, 0] = 0
         synapse.a_buff.set(buffer)
 
 
