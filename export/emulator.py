@@ -24,7 +24,7 @@ from tqdm import tqdm
 from export.conv import conv_accumulate
 from export.fixed_point import FixedLIFParameters, effective_weights, lif_fixed_step, shift_activation
 from export.network import ExportedNetwork
-from netgraph import LIF, Conv2d, Dense, Edge, Input, Node, Output, Sum, predict_classes
+from netgraph import LIF, Conv2d, Edge, Input, Node, Output, Sum, Synapse, predict_classes
 
 FLOAT32_EXACT = 1 << 24
 
@@ -117,7 +117,7 @@ class _Simulation:
         self.plan = self.graph.plan()
         self.synapses: dict[str, tuple] = {}
         for node in self.graph.nodes:
-            if isinstance(node, (Dense, Conv2d)):
+            if isinstance(node, Synapse):
                 self.synapses[node.name] = self._synapse_constants(node)
         self.params = {lif.name: FixedLIFParameters(lif.quantized.du, lif.quantized.dv, lif.quantized.vth,
                                                     ops.constant(lif.quantized.bias_mant.astype(np.int64)),
@@ -129,10 +129,8 @@ class _Simulation:
         weights = effective_weights(q.weight, q.sign_mode, q.num_weight_bits, self.network.hardware)
         bound = int(np.abs(weights).reshape(weights.shape[0], -1).sum(axis=1).max(initial=0))
         dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
-        edge = self.graph.inputs_of(node.name)[0]
-        source_shape = self.graph.node(edge.source).shape if edge.recurrent else self.graph.shape_of(edge.source)
         if isinstance(node, Conv2d):
-            return self.ops.constant(weights, dtype), dtype, node.geometry(source_shape)
+            return self.ops.constant(weights, dtype), dtype, node.geometry(self.graph.read_shape(node.name))
         return self.ops.constant(np.ascontiguousarray(weights.T), dtype), dtype, None
 
     # ---- one function per node type: activation of a synapse, sum, population
@@ -145,13 +143,6 @@ class _Simulation:
         sums = self.ops.conv(flat, weights, geometry, dtype) if geometry is not None \
             else self.ops.matmul(flat, weights, dtype)
         return shift_activation(sums.reshape(*lead, -1), node.quantized.weight_exp)
-
-    @staticmethod
-    def _sum(currents):
-        total = currents[0]
-        for current in currents[1:]:
-            total = total + current
-        return total
 
     def _population_step(self, node: LIF, activation, state):
         u, v = state if state is not None else (self.ops.zeros(activation.shape, np.int64),) * 2
@@ -170,10 +161,10 @@ class _Simulation:
     # ---- running the plan
 
     def _evaluate(self, node: Node, inputs: list, state, over_time: bool):
-        if isinstance(node, (Dense, Conv2d)):
+        if isinstance(node, Synapse):
             return self._synapse(node, inputs[0]), None
         if isinstance(node, Sum):
-            return self._sum(inputs), None
+            return sum(inputs[1:], inputs[0]), None
         if isinstance(node, LIF):
             return (self._population(node, inputs[0]), None) if over_time else self._population_step(node, inputs[0], state)
         if isinstance(node, Output):
@@ -220,7 +211,7 @@ class _Simulation:
         if not edge.recurrent:
             return now[edge.source] if edge.source in inside else values[edge.source][:, t]
         if t == 0:
-            return self.ops.zeros((batch, math.prod(self.graph.node(edge.source).shape)), np.uint8)
+            return self.ops.zeros((batch, math.prod(self.graph.shape_of(edge.source))), np.uint8)
         return values[edge.source][:, t - 1]
 
 

@@ -10,8 +10,6 @@ from typing import Any
 
 import yaml
 
-from netgraph.nodes import SIGN_MODES
-
 
 class HardwareConfigError(ValueError):
     """A hardware config file is missing, malformed or inconsistent."""

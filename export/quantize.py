@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from export.conv import conv_accumulate
-from export.fixed_point import FixedLIFParameters, lif_fixed_step, shift_activation
+from export.fixed_point import FixedLIFParameters, lif_fixed_step
 from export.fold import fold_average_pools
 from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
@@ -198,7 +198,7 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
     for (synapse, edge), w in zip(synapses, weights):
         q, n_clipped = _quantize_synapse(synapse, w, scale, hw, allow_clip, notes)
         quantized_synapses.append(dataclasses.replace(synapse, weight=w.astype(np.float32), quantized=q))
-        source_shape = graph.node(edge.source).shape if edge.recurrent else graph.shape_of(edge.source)
+        source_shape = graph.shape_of(edge.source)
         high, low = input_extremes(synapse, q.weight, source_shape)
         largest, smallest = largest + high, smallest + low
         # A conv stored as the unrolled matrix Lava runs: each neuron keeps its kernel's weights.

@@ -14,7 +14,7 @@ import numpy as np
 from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.timing import TimingError, deployment_timing
-from netgraph import LIF, SIGN_MODES, SYNAPSE_TYPES, AvgPool2d, Node
+from netgraph import LIF, SIGN_MODES, AvgPool2d, Node, Synapse
 
 
 class ExportRangeError(ValueError):
@@ -85,7 +85,7 @@ def validate_network(network: ExportedNetwork, where: str = "network") -> None:
         if isinstance(node, AvgPool2d):
             raise ExportRangeError(f"{name}: a deployed graph cannot hold an average pool (the exporter folds it "
                                    "into the synapses that read it)")
-        if isinstance(node, SYNAPSE_TYPES):
+        if isinstance(node, Synapse):
             _validate_synapse(node, hw, name)
         elif isinstance(node, LIF):
             _validate_population(node, hw, name)

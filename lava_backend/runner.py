@@ -61,7 +61,7 @@ from export.conv import conv_matrix
 from export.network import ExportedNetwork
 from export.timing import DeploymentTiming, deployment_timing
 from export.validate import validate_network
-from netgraph import LIF, SYNAPSE_TYPES, Conv2d, Graph, Node, predict_classes
+from netgraph import LIF, Conv2d, Graph, Node, Synapse, predict_classes
 
 MODES = ("fixed_pt", "floating_pt")
 
@@ -176,13 +176,8 @@ def _synapse_matrix(graph: Graph, node: Node, float_weights: bool) -> np.ndarray
     """The synapse as the (out, in) matrix a Lava Dense holds (a conv unrolled)."""
     weights = node.weight if float_weights else node.quantized.weight
     if isinstance(node, Conv2d):
-        return conv_matrix(np.asarray(weights), node.geometry(_source_shape(graph, node.name)))
+        return conv_matrix(np.asarray(weights), node.geometry(graph.read_shape(node.name)))
     return np.asarray(weights)
-
-
-def _source_shape(graph: Graph, name: str) -> tuple[int, ...]:
-    edge = graph.inputs_of(name)[0]
-    return graph.node(edge.source).shape if edge.recurrent else graph.shape_of(edge.source)
 
 
 def _lava_synapse(graph: Graph, node: Node, mode: str, delay: int):
@@ -262,7 +257,7 @@ def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record
         populations[lif.name] = _lava_population(lif, mode, steps, offset)
         spikes_of[lif.name] = populations[lif.name].s_out
     clears: dict[int, list] = {}
-    for node in graph.nodes_of_type(*SYNAPSE_TYPES):
+    for node in graph.nodes_of_type(Synapse):
         edge = graph.inputs_of(node.name)[0]
         synapse = _lava_synapse(graph, node, mode, timing.delay[node.name])
         target = graph.population_of(node.name).name
@@ -281,7 +276,7 @@ def _clear_in_flight(graph: _ShardGraph) -> None:
     """Zeroes what each recurrent synapse due now would deliver at the next step: all of a
     Dense's buffer, column 0 of a DelayDense's (its later columns belong to the new sample)."""
     for synapse in graph.clears.get(graph.steps_done, ()):
-        if len(synapse.a_buff.shape) == 1:  # a Dense: one message, no read back
+        if len(synapse.a_buff.shape) == 1:  # a Dense: all of it, no need to read it back
             synapse.a_buff.set(np.zeros(synapse.a_buff.shape))
             continue
         buffer = np.array(synapse.a_buff.get())

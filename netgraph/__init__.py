@@ -5,11 +5,10 @@ Torch-free and Lava-free: numpy only.
 """
 from netgraph.decision import predict_classes
 from netgraph.graph import Edge, Graph, Stage
-from netgraph.nodes import (CURRENT, LIF, NODE_TYPES, POOLED, SIGN_MODES, SPIKES, SYNAPSE_TYPES, AvgPool2d, Conv2d,
-                            Dense, GraphError, Input, Node, Output, QuantizedLIF, QuantizedSynapse, Sum)
+from netgraph.nodes import (CURRENT, LIF, POOLED, SIGN_MODES, SPIKES, AvgPool2d, Conv2d, Dense, GraphError, Input, Node,
+                            Output, QuantizedLIF, QuantizedSynapse, Sum, Synapse)
 
 __all__ = [
-    "AvgPool2d", "CURRENT", "Conv2d", "Dense", "Edge", "Graph", "GraphError", "Input", "LIF", "NODE_TYPES", "Node",
-    "Output", "POOLED", "QuantizedLIF", "QuantizedSynapse", "SIGN_MODES", "SPIKES", "SYNAPSE_TYPES", "Stage", "Sum",
-    "predict_classes",
+    "AvgPool2d", "CURRENT", "Conv2d", "Dense", "Edge", "Graph", "GraphError", "Input", "LIF", "Node", "Output",
+    "POOLED", "QuantizedLIF", "QuantizedSynapse", "SIGN_MODES", "SPIKES", "Stage", "Sum", "Synapse", "predict_classes",
 ]

@@ -44,13 +44,6 @@ class ConvGeometry:
         return None
 
 
-def validate_geometry(geometry: ConvGeometry, where: str) -> None:
-    """Raises ValueError naming `where` when the geometry cannot be computed."""
-    problem = geometry.problem()
-    if problem:
-        raise ValueError(f"{where}: {problem}")
-
-
 def pooled_shape(in_shape: tuple[int, ...], pool: int) -> tuple[int, int, int]:
     """(C, H / pool, W / pool) of a non-overlapping pool x pool average; the pool must divide
     the map (folding it into the next synapse is exact only then, see export.conv)."""

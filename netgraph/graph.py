@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from netgraph.nodes import (CURRENT, LIF, SYNAPSE_TYPES, GraphError, Input, Node, Output)
+from netgraph.nodes import CURRENT, LIF, GraphError, Input, Node, Output, Synapse
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,6 @@ class Graph:
         except KeyError:
             raise GraphError(f"no node named {name!r}") from None
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._by_name
-
     def inputs_of(self, name: str) -> tuple[Edge, ...]:
         """Edges into `name`, in the order they were given (the order a Sum adds them)."""
         return self._inputs[name]
@@ -99,6 +96,11 @@ class Graph:
     def shape_of(self, name: str) -> tuple[int, ...]:
         """The shape of what `name` emits (for an Output: of the population it reads)."""
         return self._shapes[name]
+
+    def read_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of what a one-input node (a synapse, a pool, a population) reads, through
+        a forward or a recurrent edge alike."""
+        return self._shapes[self._inputs[name][0].source]
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -141,15 +143,11 @@ class Graph:
         while pending:
             name = pending.pop(0)
             node = self.node(name)
-            if isinstance(node, SYNAPSE_TYPES):
+            if isinstance(node, Synapse):
                 found.append((node, self.inputs_of(name)[0]))
             else:
                 pending = [edge.source for edge in self.inputs_of(name)] + pending
         return found
-
-    @property
-    def has_recurrence(self) -> bool:
-        return any(edge.recurrent for edge in self.edges)
 
     def replace(self, nodes: Iterable[Node] | None = None, edges: Iterable[Edge] | None = None) -> "Graph":
         """A new, validated graph with nodes replaced by name (same order) and/or new edges."""
@@ -230,7 +228,7 @@ class Graph:
                 if source.emits not in node.accepts:
                     raise GraphError(f"edge {edge}: {node.name} ({node.kind}) reads "
                                      f"{' or '.join(node.accepts)}, {source.name} ({source.kind}) emits {source.emits}")
-                if edge.recurrent and not (isinstance(source, LIF) and isinstance(node, SYNAPSE_TYPES)):
+                if edge.recurrent and not (isinstance(source, LIF) and isinstance(node, Synapse)):
                     raise GraphError(f"edge {edge}: a recurrent edge must run from a LIF population to a synapse "
                                      "(Dense or Conv2d)")
             if isinstance(node, Output) and not isinstance(self._by_name[edges[0].source], LIF):

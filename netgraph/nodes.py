@@ -27,7 +27,7 @@ import abc
 import math
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -109,18 +109,6 @@ def _check_shape(name: str, what: str, array: np.ndarray | None, expected: tuple
         raise GraphError(f"node {name}: {what} has shape {tuple(np.shape(array))}, expected {tuple(expected)}")
 
 
-def _check_synapse_weights(node, source: str, expected: tuple[int, ...], gives: str) -> None:
-    """A synapse's float and quantized weights have the `expected` shape (the source `gives`
-    what decides it), and the quantized ones are integers."""
-    quantized = None if node.quantized is None else node.quantized.weight
-    for what, array in (("weight", node.weight), ("quantized weight", quantized)):
-        if array is not None and tuple(np.shape(array)) != tuple(expected):
-            raise GraphError(f"edge {source} -> {node.name}: {source} gives {gives}, but {node.name}'s {what} has "
-                             f"shape {tuple(np.shape(array))} (expected {tuple(expected)})")
-    if quantized is not None and not np.issubdtype(np.asarray(quantized).dtype, np.integer):
-        raise GraphError(f"node {node.name}: quantized weight must be integers, got {np.asarray(quantized).dtype}")
-
-
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -152,15 +140,33 @@ class Input(Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Dense(Node):
+class Synapse(Node):
+    """Base of the synapse types: reads spikes (or pooled spikes), emits a current.
+    weight: the trained float weights; quantized: their Loihi integer form (keywords only)."""
+
+    weight: np.ndarray | None = field(default=None, kw_only=True)
+    quantized: QuantizedSynapse | None = field(default=None, kw_only=True)
+    accepts: ClassVar[tuple[str, ...]] = (SPIKES, POOLED)
+    emits: ClassVar[str] = CURRENT
+
+    def _check_weights(self, source: str, expected: tuple[int, ...], gives: str) -> None:
+        """The float and quantized weights have the `expected` shape (the source `gives` what
+        decides it), and the quantized ones are integers."""
+        quantized = None if self.quantized is None else self.quantized.weight
+        for what, array in (("weight", self.weight), ("quantized weight", quantized)):
+            if array is not None and tuple(np.shape(array)) != tuple(expected):
+                raise GraphError(f"edge {source} -> {self.name}: {source} gives {gives}, but {self.name}'s {what} has "
+                                 f"shape {tuple(np.shape(array))} (expected {tuple(expected)})")
+        if quantized is not None and not np.issubdtype(np.asarray(quantized).dtype, np.integer):
+            raise GraphError(f"node {self.name}: quantized weight must be integers, got {np.asarray(quantized).dtype}")
+
+
+@dataclass(frozen=True, eq=False)
+class Dense(Synapse):
     """Fully connected synapses x = W s: reads spikes (flattened in C order), emits
     `out_features` currents. weight: float (out_features, in_features)."""
 
     out_features: int = 0
-    weight: np.ndarray | None = None
-    quantized: QuantizedSynapse | None = None
-    accepts: ClassVar[tuple[str, ...]] = (SPIKES, POOLED)
-    emits: ClassVar[str] = CURRENT
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -168,13 +174,13 @@ class Dense(Node):
 
     def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
         (source, in_shape), = inputs
-        _check_synapse_weights(self, source, (self.out_features, math.prod(in_shape)),
-                               f"{math.prod(in_shape)} values {tuple(in_shape)}")
+        self._check_weights(source, (self.out_features, math.prod(in_shape)),
+                            f"{math.prod(in_shape)} values {tuple(in_shape)}")
         return (self.out_features,)
 
 
 @dataclass(frozen=True, eq=False)
-class Conv2d(Node):
+class Conv2d(Synapse):
     """2-D convolution (cross-correlation, zero padding) of a (C, H, W) spike map into
     `out_channels` maps of currents. weight: float (out_channels, C, kh, kw)."""
 
@@ -182,10 +188,6 @@ class Conv2d(Node):
     kernel_size: tuple[int, int] = (1, 1)
     stride: int = 1
     padding: int = 0
-    weight: np.ndarray | None = None
-    quantized: QuantizedSynapse | None = None
-    accepts: ClassVar[tuple[str, ...]] = (SPIKES, POOLED)
-    emits: ClassVar[str] = CURRENT
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -210,8 +212,7 @@ class Conv2d(Node):
         problem = geometry.problem()
         if problem:
             raise GraphError(f"edge {source} -> {self.name}: {problem}")
-        _check_synapse_weights(self, source, (self.out_channels, in_shape[0], *self.kernel_size),
-                               f"{in_shape[0]} channels")
+        self._check_weights(source, (self.out_channels, in_shape[0], *self.kernel_size), f"{in_shape[0]} channels")
         return geometry.out_shape(self.out_channels)
 
 
@@ -285,9 +286,9 @@ class LIF(Node):
             raise GraphError(f"node {self.name}: a LIF population needs a shape")
         for d in self.shape:
             _positive_int(self.name, "every dimension of shape", d)
-        for field, value in (("tau", self.tau), ("tau_current", self.tau_current)):
+        for parameter, value in (("tau", self.tau), ("tau_current", self.tau_current)):
             if not (_is_real(value) and math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise GraphError(f"node {self.name}: {field} must lie in [0, 1], got {value!r}")
+                raise GraphError(f"node {self.name}: {parameter} must lie in [0, 1], got {value!r}")
         if not (_is_real(self.v_threshold) and math.isfinite(self.v_threshold)
                 and self.v_threshold > 0):
             raise GraphError(f"node {self.name}: v_threshold must be a finite positive number, got {self.v_threshold!r}")
@@ -319,5 +320,3 @@ class Output(Node):
         return tuple(in_shape)
 
 
-NODE_TYPES: tuple[type[Node], ...] = (Input, Dense, Conv2d, AvgPool2d, Sum, LIF, Output)
-SYNAPSE_TYPES: tuple[type[Node], ...] = (Dense, Conv2d)

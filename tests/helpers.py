@@ -7,8 +7,8 @@ import numpy as np
 
 from export.hw_config import resolve_hardware_config
 from export.network import ExportedNetwork
-from netgraph import (LIF, SYNAPSE_TYPES, Conv2d, Dense, Edge, Graph, Input, Output, QuantizedLIF, QuantizedSynapse,
-                      Sum)
+from netgraph import (LIF, Conv2d, Dense, Edge, Graph, Input, Output, QuantizedLIF, QuantizedSynapse, Sum,
+                      Synapse)
 from trainer.config import RunConfig, config_from_dict
 
 HW = resolve_hardware_config("loihi2")
@@ -49,8 +49,7 @@ def random_float_chain(rng, sizes, tau=0.2, v_threshold=0.5) -> Graph:
 
 
 def _synapse_shape(graph: Graph, node) -> tuple[int, ...]:
-    edge = graph.inputs_of(node.name)[0]
-    source = graph.node(edge.source).shape if edge.recurrent else graph.shape_of(edge.source)
+    source = graph.read_shape(node.name)
     if isinstance(node, Conv2d):
         return (node.out_channels, source[0], *node.kernel_size)
     return (node.out_features, int(np.prod(source)))
@@ -65,7 +64,7 @@ def integer_network(structure: Graph, time_steps: int, rng=None, weights=None, d
     low, high, step = hw.weight_range(sign_mode, bits)
     nodes = []
     for node in structure.nodes:
-        if isinstance(node, SYNAPSE_TYPES):
+        if isinstance(node, Synapse):
             if weights is not None and node.name in weights:
                 w = np.asarray(weights[node.name], np.int64)
             else:

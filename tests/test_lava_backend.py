@@ -19,7 +19,7 @@ from helpers import (HW, _synapse_shape, chain_structure, integer_network, recur
 from lava_backend import runner  # noqa: E402
 from lava_backend.fidelity import BackendRun, build_report, check_gates, compare_pair  # noqa: E402
 from lava_backend.runner import PipelineSchedule, run_network  # noqa: E402
-from netgraph import LIF, Conv2d, Dense, Edge, Graph, Input, Output, Sum  # noqa: E402
+from netgraph import LIF, Conv2d, Dense, Edge, Graph, Input, Output, Sum, Synapse  # noqa: E402
 
 
 def random_chain(rng, sizes, time_steps, **kwargs) -> ExportedNetwork:
@@ -208,7 +208,7 @@ def test_floating_pt_follows_the_float_parameters_on_a_skip_and_a_recurrent_grap
     rng = np.random.default_rng(14)
     for structure in (skip_structure(), recurrent_structure()):
         weights = {n.name: rng.integers(-20, 21, size=_synapse_shape(structure, n)) * 2
-                   for n in structure.nodes if isinstance(n, (Dense, Conv2d))}
+                   for n in structure.nodes if isinstance(n, Synapse)}
         fixed = integer_network(structure, 5, weights=weights, du=4095, dv=4095, vth=61,
                                 bias={lif.name: np.zeros(lif.neurons) for lif in structure.populations})
         floating = dataclasses.replace(fixed, graph=fixed.graph.replace(nodes=[

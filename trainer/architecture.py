@@ -109,7 +109,7 @@ def fan_in(graph: Graph, population: str) -> int:
     """Inputs each neuron of `population` sums over all its synapses (for initialisation)."""
     total = 0
     for synapse, edge in graph.synapses_into(population):
-        source_shape = graph.shape_of(edge.source) if not edge.recurrent else graph.node(edge.source).shape
+        source_shape = graph.shape_of(edge.source)
         total += (math.prod(source_shape) if isinstance(synapse, Dense)
                   else source_shape[0] * math.prod(synapse.kernel_size))
     return total

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-import re
-
-from netgraph.nodes import NAME_PATTERN
 from spikedata import DATASETS
 from trainer.encoding import ENCODINGS
 from trainer.surrogate import SURROGATE_NAMES

@@ -1,6 +1,6 @@
 """The trainable spiking network: a PyTorch module per node of the network graph.
 
-Each node type has one module class here (`MODULES`), with two ways to run it:
+Each node type has one module class here (chosen by `_make_module`), with two ways to run it:
     over_time(inputs)    all time steps at once, tensors (batch, time, *shape)
     step(inputs, state)  one time step, tensors (batch, *shape)
 The network follows the graph's execution plan (netgraph.Graph.plan): nodes outside
@@ -58,7 +58,7 @@ class DenseSynapse(NodeModule):
 
     def __init__(self, node: Dense, graph: Graph):
         super().__init__()
-        in_features = math.prod(_source_shape(graph, node.name))
+        in_features = math.prod(graph.read_shape(node.name))
         self.weight = nn.Parameter(torch.empty(node.out_features, in_features))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's nn.Linear default
 
@@ -74,7 +74,7 @@ class ConvSynapse(NodeModule):
 
     def __init__(self, node: Conv2d, graph: Graph):
         super().__init__()
-        in_channels = _source_shape(graph, node.name)[0]
+        in_channels = graph.read_shape(node.name)[0]
         self.weight = nn.Parameter(torch.empty(node.out_channels, in_channels, *node.kernel_size))
         self.stride, self.padding = node.stride, node.padding
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's nn.Conv2d default
@@ -109,10 +109,7 @@ class CurrentSum(NodeModule):
     """Adds its input currents, in edge order."""
 
     def over_time(self, inputs):
-        total = inputs[0]
-        for current in inputs[1:]:
-            total = total + current
-        return total
+        return sum(inputs[1:], inputs[0])
 
     def step(self, inputs, state):
         return self.over_time(inputs), None
@@ -146,11 +143,6 @@ class LIFPopulation(NodeModule):
     def bias_per_neuron(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The bias as the population's (neurons,) vector, C order."""
         return self._bias().detach().expand(*shape).reshape(-1) if self.per_channel else self.bias.detach()
-
-
-def _source_shape(graph: Graph, name: str) -> tuple[int, ...]:
-    edge = graph.inputs_of(name)[0]
-    return graph.node(edge.source).shape if edge.recurrent else graph.shape_of(edge.source)
 
 
 def _make_module(node: Node, graph: Graph, surrogate: Surrogate, temporal_gradient: bool) -> NodeModule:
@@ -269,18 +261,12 @@ class SpikingNetwork(nn.Module):
             values[name] = torch.stack(history[name], dim=1)
 
     def _edge_value(self, edge: Edge, t: int, values, now, previous, inside) -> torch.Tensor:
-        if edge.source in inside:
-            if not edge.recurrent:
-                return now[edge.source]
-            if t == 0:
-                reference = values[self.graph.input.name]
-                return reference.new_zeros((reference.shape[0], *self.graph.node(edge.source).shape))
-            spikes = previous[edge.source]
-            return spikes if self.temporal_gradient else spikes.detach()
-        source = values[edge.source]
         if not edge.recurrent:
-            return source[:, t]
-        spikes = source[:, t - 1] if t > 0 else torch.zeros_like(source[:, 0])
+            return now[edge.source] if edge.source in inside else values[edge.source][:, t]
+        if t == 0:
+            reference = values[self.graph.input.name]
+            return reference.new_zeros((reference.shape[0], *self.graph.shape_of(edge.source)))
+        spikes = previous[edge.source] if edge.source in inside else values[edge.source][:, t - 1]
         return spikes if self.temporal_gradient else spikes.detach()
 
     def float_graph(self) -> Graph:
@@ -290,12 +276,9 @@ class SpikingNetwork(nn.Module):
         for name, module in self.nodes.items():
             node = self.graph.node(name)
             if isinstance(module, (DenseSynapse, ConvSynapse)):
-                replaced.append(_with(node, weight=module.weight.detach().cpu().double().numpy()))
+                replaced.append(dataclasses.replace(node, weight=module.weight.detach().cpu().double().numpy()))
             elif isinstance(module, LIFPopulation):
                 bias = module.bias_per_neuron(node.shape).cpu().double().numpy()
-                replaced.append(_with(node, bias=np.ascontiguousarray(bias)))
+                replaced.append(dataclasses.replace(node, bias=np.ascontiguousarray(bias)))
         return self.graph.replace(nodes=replaced)
 
-
-def _with(node: Node, **changes) -> Node:
-    return dataclasses.replace(node, **changes)
