@@ -189,6 +189,10 @@ REFUSALS = {
     "duplicate_node": (_rename_node("l1", "l0"), "node l0 \\(LoihiLIF\\): two nodes are named 'l0'"),
     "bad_name": (_rename_node("d0", "d0.dense"), "node d0.dense .*needs a name"),
     "swapped": (_swap_nodes("l0", "l1"), "onnx.checker refuses.*topologically sorted"),
+    "extra_input": (lambda m: next(n for n in m.graph.node if n.name == "l1").input.append("d0"),
+                    "node l1 \\(LoihiLIF\\): takes 1 signal input\\(s\\) followed by 2 initializer\\(s\\)"),
+    "borrowed_tensor": (lambda m: next(n for n in m.graph.node if n.name == "l1").input.__setitem__(1, "l0.bias_mant"),
+                        "node l1 \\(LoihiLIF\\): input 1 must be its initializer 'l1.bias_mant', got 'l0.bias_mant'"),
 }
 
 

@@ -13,7 +13,8 @@ from export.emulator import emulate
 from export.hw_config import HW_CONFIG_DIR, HardwareConfigError, load_hardware_config, resolve_hardware_config
 from export.quantize import QuantizationWarning, quantize_graph
 from export.validate import ExportRangeError
-from helpers import (HW, float_chain, integer_network, random_float_chain, recurrent_structure, skip_structure)
+from helpers import (HW, chain_structure, float_chain, integer_network, random_float_chain, recurrent_structure,
+                     skip_structure)
 from netgraph import LIF, Dense, Edge, Graph, Input, Output, Sum
 
 
@@ -136,6 +137,37 @@ def test_export_refuses_nan_inf_and_mismatched_shapes_naming_the_node():
         float_chain([(w0, np.zeros(3))], (4,), tau=float("inf"))
     with pytest.raises(ValueError, match="edge layer0 -> layer1_from_layer0: layer0 gives 3 values"):
         float_chain([(w0, np.zeros(3)), (np.ones((2, 5)), np.zeros(2))], (4,))
+
+
+def test_a_graph_without_trained_parameters_is_refused_naming_the_node():
+    from netgraph import AvgPool2d
+
+    with pytest.raises(ExportRangeError, match="node d0: has no trained weight"):
+        quantize(chain_structure((4, 3)))
+    pooled = Graph((Input("input", (1, 4, 4)), AvgPool2d("pool", 2), Dense("d", 2), LIF("p", (2,), bias=np.zeros(2)),
+                    Output("output")),
+                   (Edge("input", "pool"), Edge("pool", "d"), Edge("d", "p"), Edge("p", "output")))
+    with pytest.raises(ExportRangeError, match="node d: has no trained weight to fold pool into"):
+        quantize(pooled)
+
+
+def test_compare_refuses_an_artifact_that_does_not_name_its_checkpoint(trained_digits, tmp_path, capsys):
+    import onnx
+
+    from stbp_cli.main import main
+
+    checkpoint_path, _ = trained_digits
+    artifact = tmp_path / "net.onnx"
+    assert main(["export", str(checkpoint_path), "-o", str(artifact)]) == 0
+    model = onnx.load(str(artifact))
+    keep = [p for p in model.metadata_props if p.key != "source_checkpoint_sha256"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    artifact.write_bytes(model.SerializeToString())
+    capsys.readouterr()
+    assert main(["compare", str(checkpoint_path), str(artifact), "--backends", "trained", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{artifact} does not record the checkpoint it was exported from (source_checkpoint_sha256)" in err
 
 
 def test_out_of_range_bias_is_refused_unless_clipping_is_allowed():

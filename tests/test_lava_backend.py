@@ -257,6 +257,8 @@ def test_non_integer_parameters_are_refused_before_lava_can_hang():
         run_network(good, np.zeros((1, 4, 1), np.uint8), progress=False)
     with pytest.raises(ValueError, match="unknown Lava mode"):
         run_network(good, np.zeros((1, 3, 1), np.uint8), mode="fixed", progress=False)
+    with pytest.raises(ValueError, match="record must name populations among l0; got \\['layer0'\\]"):
+        run_network(good, np.zeros((1, 3, 1), np.uint8), record=["layer0"], progress=False)
 
 
 # --------------------------------------------------------------------------- fidelity harness
