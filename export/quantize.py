@@ -9,7 +9,8 @@ hardware's activation shift A (= 6: v is in units of 2^-A weight units):
     current    du = round(2^12 (1 - tau_current)) - du_offset: with tau_current = 0 (STBP)
                du = 4095, the current decays fully and u[t] = a[t] << A, STBP's input
     voltage    dv = round(2^12 (1 - tau)) - dv_offset: v decays by (2^12 - dv)/2^12 ~ tau
-    bias       bias_mant << bias_exp = round(b s 2^A), smallest exponent that fits
+    bias       bias_mant << bias_exp = round(b s 2^A), smallest exponent that fits (netx=True:
+               exponent 6, the one lava-dl netx hard-codes, see export.netx)
     threshold  STBP fires when u >= Vth, Loihi when v > vth << S (S = vth_shift = 6), i.e.
                v >= (vth << S) + 1; vth = round((Vth s 2^A - 1) / 2^S) puts that firing level
                nearest to Vth s 2^A (with A = S = 6: vth = round(Vth s - 2^-6)).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,7 @@ from export.conv import conv_accumulate
 from export.fixed_point import FixedLIFParameters, lif_fixed_step
 from export.fold import fold_average_pools
 from export.hw_config import HardwareConfig
+from export.netx import NETX_BIAS_EXP, NETX_WEIGHT_MAX, check_netx
 from export.network import ExportedNetwork
 from export.report import PopulationReport, QuantizationReport, SynapseReport
 from export.timing import TimingError, deployment_timing
@@ -45,12 +48,42 @@ class QuantizationWarning(UserWarning):
     """An out-of-range value was clipped because clipping was explicitly allowed."""
 
 
-def cores_needed(synapses: int, neurons: int, num_weight_bits: int, hw: HardwareConfig) -> int:
-    """A lower bound on the cores a population occupies: enough compartments for its neurons
-    and enough synaptic memory for all its synapses stored densely (no compression)."""
+def cores_needed(synapses: int, neurons: int, num_weight_bits: int, hw: HardwareConfig,
+                 shared_weights: int = 0) -> int:
+    """The cores a population occupies (an estimate: nothing is placed): enough compartments
+    for its neurons, and enough synaptic memory for
+      synapses        weights stored once, split between the cores (dense matrices, or convs
+                      unrolled into per-neuron synapses), and
+      shared_weights  weights every core keeps a copy of: conv kernels, which all the core's
+                      neurons share (the shared-weight mapping; assumed, not checked against
+                      Loihi 2's actual conv support, whose memory figures hw_configs marks
+                      UNVERIFIED).
+    Kernels that alone overflow one core's memory are assumed split between cores by output
+    channel, each weight then stored once. Weights take num_weight_bits each (no compression)."""
+    memory = hw.synaptic_memory_bits_per_core
+    split, shared = synapses * num_weight_bits, shared_weights * num_weight_bits
     for_neurons = -(-neurons // hw.neurons_per_core)
-    for_synapses = -(-(synapses * num_weight_bits) // hw.synaptic_memory_bits_per_core)
+    if shared == 0 or shared >= memory:
+        for_synapses = -(-(split + shared) // memory)
+    else:
+        for_synapses = -(-split // (memory - shared))
     return max(1, for_neurons, for_synapses)
+
+
+def synaptic_memory_bits(synapses: int, shared_weights: int, cores: int, num_weight_bits: int,
+                         hw: HardwareConfig) -> int:
+    """Synaptic memory a population takes on the chip, over its `cores` (see cores_needed):
+    the split weights once, the kernels once per core (once in all when they had to be split)."""
+    copies = cores if shared_weights * num_weight_bits < hw.synaptic_memory_bits_per_core else 1
+    return (synapses + copies * shared_weights) * num_weight_bits
+
+
+def conv_connections(synapse: Conv2d, source_shape: tuple[int, ...]) -> int:
+    """(input, neuron) pairs a conv links: each neuron's kernel taps that land on the map, not
+    on its zero padding; what an unrolled conv stores per neuron."""
+    ones = np.ones((1, math.prod(source_shape)))
+    taps = np.ones((synapse.out_channels, source_shape[0], *synapse.kernel_size))
+    return int(np.rint(conv_accumulate(ones, taps, synapse.geometry(source_shape))).sum())
 
 
 def _sign_mode(weight: np.ndarray) -> str:
@@ -115,12 +148,18 @@ def _check_floats(population: LIF, synapses: list[tuple[Node, Edge]]) -> None:
         raise ExportRangeError(f"node {population.name}: parameter 'bias' holds NaN or inf")
 
 
-def _population_scale(population: LIF, weights: list[np.ndarray], hw: HardwareConfig) -> float:
+def _weight_range(hw: HardwareConfig, sign_mode: str, netx: bool) -> tuple[int, int, int]:
+    """(min, max, step) of the weights; for netx the largest stays below 255 (lava-dl#170)."""
+    low, high, step = hw.weight_range(sign_mode, hw.num_weight_bits_max)
+    return (low, min(high, NETX_WEIGHT_MAX), step) if netx else (low, high, step)
+
+
+def _population_scale(population: LIF, weights: list[np.ndarray], hw: HardwareConfig, netx: bool = False) -> float:
     """Weight units per potential unit shared by every synapse into `population`."""
     candidates = []
     for w in weights:
         mode = _sign_mode(w)
-        low, high, _ = hw.weight_range(mode, hw.num_weight_bits_max)
+        low, high, _ = _weight_range(hw, mode, netx)
         capacity = min(high, -low) if mode == "mixed" else max(high, -low)
         max_abs = float(np.abs(w).max()) if w.size else 0.0
         if max_abs > 0:
@@ -135,11 +174,11 @@ def _population_scale(population: LIF, weights: list[np.ndarray], hw: HardwareCo
 
 
 def _quantize_synapse(synapse: Node, weights: np.ndarray, scale: float, hw: HardwareConfig, allow_clip: bool,
-                      notes: list[str]) -> tuple[QuantizedSynapse, int]:
+                      notes: list[str], netx: bool = False) -> tuple[QuantizedSynapse, int]:
     """The integer synapse and how many weights were clipped."""
     sign_mode = _sign_mode(weights)
     bits = hw.num_weight_bits_max
-    low, high, step = hw.weight_range(sign_mode, bits)
+    low, high, step = _weight_range(hw, sign_mode, netx)
     levels = np.round(weights * scale / step) * step
     clipped = np.clip(levels, low, high)
     n_clipped = int(np.sum(clipped != levels))
@@ -164,12 +203,13 @@ def _decays(population: LIF, hw: HardwareConfig, allow_clip: bool, notes: list[s
 
 
 def _bias(population: LIF, scale: float, hw: HardwareConfig, allow_clip: bool,
-          notes: list[str]) -> tuple[np.ndarray, int, int]:
-    """(bias_mant, bias_exp, how many were clipped): the smallest exponent that fits."""
+          notes: list[str], fixed_exp: int | None = None) -> tuple[np.ndarray, int, int]:
+    """(bias_mant, bias_exp, how many were clipped): the smallest exponent that fits, or
+    `fixed_exp` (netx fixes it at 6)."""
     bias_v = np.asarray(population.bias, np.float64) * scale * (1 << hw.activation_shift)
     largest = float(np.abs(bias_v).max()) if bias_v.size else 0.0
-    bias_exp = hw.bias_exp_min
-    while bias_exp < hw.bias_exp_max and round(largest / (1 << bias_exp)) > hw.bias_mant_max:
+    bias_exp = hw.bias_exp_min if fixed_exp is None else fixed_exp
+    while fixed_exp is None and bias_exp < hw.bias_exp_max and round(largest / (1 << bias_exp)) > hw.bias_mant_max:
         bias_exp += 1
     levels = np.round(bias_v / (1 << bias_exp))
     mant = np.clip(levels, hw.bias_mant_min, hw.bias_mant_max).astype(np.int64)
@@ -180,50 +220,80 @@ def _bias(population: LIF, scale: float, hw: HardwareConfig, allow_clip: bool,
     return mant, bias_exp, n_clipped
 
 
+@dataclass
+class _FedSynapses:
+    """The quantized synapses into one population and what the population report needs of them."""
+
+    quantized: list[Node]
+    reports: list[SynapseReport]
+    largest: np.ndarray  # (neurons,) int64: the largest possible synaptic sum per step
+    smallest: np.ndarray
+    split_weights: int  # dense weights, stored once and split between cores
+    kernel_weights: int  # conv kernel weights, stored once per core (shared by its neurons)
+    unrolled_weights: int  # one weight per connection, as an unrolled mapping stores them
+    axons: dict[str, int]  # source -> its neurons (a source read twice sends on its own axons once)
+
+
+def _quantize_synapses(graph: Graph, population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
+                       scale: float, hw: HardwareConfig, allow_clip: bool, notes: list[str],
+                       netx: bool) -> _FedSynapses:
+    fed = _FedSynapses([], [], np.zeros(population.neurons, np.int64), np.zeros(population.neurons, np.int64),
+                       0, 0, 0, {})
+    for (synapse, edge), w in zip(synapses, weights):
+        q, n_clipped = _quantize_synapse(synapse, w, scale, hw, allow_clip, notes, netx)
+        fed.quantized.append(dataclasses.replace(synapse, weight=w.astype(np.float32), quantized=q))
+        source_shape = graph.shape_of(edge.source)
+        high, low = input_extremes(synapse, q.weight, source_shape)
+        fed.largest, fed.smallest = fed.largest + high, fed.smallest + low
+        # A chip keeps a conv's kernel once per core (shared by the core's neurons); unrolled,
+        # every connection would hold its own weight. Dense synapses are stored either way.
+        connections = conv_connections(synapse, source_shape) if isinstance(synapse, Conv2d) else w.size
+        if isinstance(synapse, Conv2d):
+            fed.kernel_weights += w.size
+        else:
+            fed.split_weights += w.size
+        fed.unrolled_weights += connections
+        fed.axons[edge.source] = math.prod(source_shape)
+        error = q.weight / scale - w
+        fed.reports.append(SynapseReport(
+            name=synapse.name, source=edge.source, sign_mode=q.sign_mode,
+            weight_levels_used=int(len(np.unique(q.weight))), weights_clipped=n_clipped,
+            weight_max_abs_error=float(np.abs(error).max(initial=0.0)),
+            weight_rms_error=float(np.sqrt(np.mean(error ** 2))) if w.size else 0.0, delay=0,
+            stored_weights=int(w.size), connections=connections))
+    return fed
+
+
 def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_steps: int, allow_clip: bool = False,
-                        ) -> tuple[LIF, list[Node], PopulationReport, list[str]]:
+                        netx: bool = False) -> tuple[LIF, list[Node], PopulationReport, list[str]]:
     """The integer form of one population and its synapses (see the module docstring).
     Returns (LIF with `quantized`, synapses with `quantized`, report without delays, notes)."""
     notes: list[str] = []
     synapses = graph.synapses_into(population.name)
     _check_floats(population, synapses)
     weights = [np.asarray(s.weight, np.float64) for s, _ in synapses]
-    scale = _population_scale(population, weights, hw)
+    scale = _population_scale(population, weights, hw, netx)
     shift, vth_unit = 1 << hw.activation_shift, 1 << hw.vth_shift
 
-    quantized_synapses, synapse_reports = [], []
-    largest = np.zeros(population.neurons, np.int64)
-    smallest = np.zeros(population.neurons, np.int64)
-    synapse_count, axons = 0, {}
-    for (synapse, edge), w in zip(synapses, weights):
-        q, n_clipped = _quantize_synapse(synapse, w, scale, hw, allow_clip, notes)
-        quantized_synapses.append(dataclasses.replace(synapse, weight=w.astype(np.float32), quantized=q))
-        source_shape = graph.shape_of(edge.source)
-        high, low = input_extremes(synapse, q.weight, source_shape)
-        largest, smallest = largest + high, smallest + low
-        # A conv stored as the unrolled matrix Lava runs: each neuron keeps its kernel's weights.
-        synapse_count += (w.size // w.shape[0]) * population.neurons if isinstance(synapse, Conv2d) else w.size
-        axons[edge.source] = math.prod(source_shape)  # a source read twice still sends on its own axons
-        error = q.weight / scale - w
-        synapse_reports.append(SynapseReport(
-            name=synapse.name, source=edge.source, sign_mode=q.sign_mode,
-            weight_levels_used=int(len(np.unique(q.weight))), weights_clipped=n_clipped,
-            weight_max_abs_error=float(np.abs(error).max(initial=0.0)),
-            weight_rms_error=float(np.sqrt(np.mean(error ** 2))) if w.size else 0.0, delay=0))
+    fed = _quantize_synapses(graph, population, synapses, weights, scale, hw, allow_clip, notes, netx)
+    largest, smallest = fed.largest, fed.smallest
+    split_weights, kernel_weights = fed.split_weights, fed.kernel_weights
 
     vth = int(np.clip(round((population.v_threshold * scale * shift - 1.0) / vth_unit), 0, hw.vth_max))
-    bias_mant, bias_exp, n_bias_clipped = _bias(population, scale, hw, allow_clip, notes)
+    bias_mant, bias_exp, n_bias_clipped = _bias(population, scale, hw, allow_clip, notes,
+                                                NETX_BIAS_EXP if netx else None)
     du, dv = _decays(population, hw, allow_clip, notes)
     params = FixedLIFParameters(du, dv, vth, bias_mant, bias_exp)
     never, always = _firing_extremes(largest, smallest, params, time_steps, hw)
     max_activation = int(max(largest.max(initial=0), -smallest.min(initial=0)))
     bias_eff = bias_mant << bias_exp
     tau_effective = (hw.decay_unity - dv - hw.dv_offset) / hw.decay_unity
+    cores = cores_needed(split_weights, population.neurons, hw.num_weight_bits_max, hw, shared_weights=kernel_weights)
     quantized_lif = dataclasses.replace(
         population, bias=np.asarray(population.bias, np.float32),
         quantized=QuantizedLIF(du=du, dv=dv, vth=vth, bias_mant=bias_mant, bias_exp=bias_exp, scale=float(scale)))
     report = PopulationReport(
-        name=population.name, synapses=tuple(synapse_reports), scale=float(scale),
+        name=population.name, synapses=tuple(fed.reports), scale=float(scale),
         bias_exp=bias_exp, bias_clipped=n_bias_clipped,
         bias_max_abs_error=float(np.abs(bias_eff / (scale * shift) - population.bias).max(initial=0.0)),
         vth=vth, threshold_error=float((vth * vth_unit + 1) / (scale * shift) - population.v_threshold),
@@ -235,25 +305,31 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
         voltage_may_saturate=bool(np.any(np.abs(np.stack([largest, smallest])) * shift
                                          + np.abs(bias_eff) >= hw.state_limit - 1)),
         never_fire=int(never.sum()), always_fire=int(always.sum()), neurons=population.neurons,
-        cores_needed=cores_needed(synapse_count, population.neurons, hw.num_weight_bits_max, hw),
-        fan_in_exceeds_core=sum(axons.values()) > hw.fan_in_axons_per_core,
+        cores_needed=cores, synaptic_memory_bits=synaptic_memory_bits(
+            split_weights, kernel_weights, cores, hw.num_weight_bits_max, hw),
+        cores_needed_unrolled=cores_needed(fed.unrolled_weights, population.neurons, hw.num_weight_bits_max, hw),
+        fan_in_exceeds_core=sum(fed.axons.values()) > hw.fan_in_axons_per_core,
     )
-    return quantized_lif, quantized_synapses, report, notes
+    return quantized_lif, fed.quantized, report, notes
 
 
 def quantize_graph(graph: Graph, encoding: str, time_steps: int, eval_seed: int, hw: HardwareConfig,
-                   allow_clip: bool = False, metadata: dict[str, Any] | None = None,
+                   allow_clip: bool = False, metadata: dict[str, Any] | None = None, netx: bool = False,
                    ) -> tuple[ExportedNetwork, QuantizationReport]:
     """Quantizes a graph with trained float parameters for `hw`: average pools folded into
     the synapses that read them, every population and its synapses mapped to integers,
-    the result validated against the hardware and Lava's timing."""
+    the result validated against the hardware and Lava's timing.
+    netx: quantize for lava-dl's netx loader (export.netx): bias exponent 6 for every
+    population, weights below 255; raises export.netx.NetxExportError (an ExportRangeError)
+    naming the node when netx cannot reproduce the network exactly."""
     try:
         folded = fold_average_pools(graph)
     except GraphError as exc:
         raise ExportRangeError(str(exc)) from exc
     replaced, reports, notes = [], [], []
     for population in folded.populations:
-        lif, synapses, report, population_notes = quantize_population(folded, population, hw, time_steps, allow_clip)
+        lif, synapses, report, population_notes = quantize_population(folded, population, hw, time_steps, allow_clip,
+                                                                      netx)
         replaced += [lif, *synapses]
         reports.append(report)
         notes += population_notes
@@ -266,11 +342,14 @@ def quantize_graph(graph: Graph, encoding: str, time_steps: int, eval_seed: int,
                                                       for s in r.synapses)) for r in reports]
     total_cores = sum(r.cores_needed for r in reports)
     if total_cores > hw.cores_per_chip:
-        notes.append(f"the network needs at least {total_cores} cores, more than one {hw.name} chip's {hw.cores_per_chip}")
+        notes.append(f"the network needs about {total_cores} cores (conv kernels shared), more than one {hw.name} "
+                     f"chip's {hw.cores_per_chip}")
     notes += [f"population {r.name}: its synapses read more than the {hw.fan_in_axons_per_core} input axons of one "
               "core; the mapper must split it" for r in reports if r.fan_in_exceeds_core]
     report = QuantizationReport(hw.name, tuple(reports), tuple(notes))
     network = ExportedNetwork(deployed, encoding, time_steps, eval_seed, hw,
                               {**(metadata or {}), "quantization_report": report.to_dict()})
     validate_network(network)
+    if netx:
+        check_netx(network)
     return network, report

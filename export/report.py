@@ -18,6 +18,8 @@ class SynapseReport:
     weight_max_abs_error: float
     weight_rms_error: float
     delay: int  # steps a Lava DelayDense adds to align this path (export.timing)
+    stored_weights: int  # weights a chip keeps: a conv's kernel (out*in*kh*kw, once per core), a dense matrix
+    connections: int  # (input, neuron) pairs linked: what the synapse stores unrolled (= stored_weights for dense)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,13 @@ class PopulationReport:
     never_fire: int
     always_fire: int
     neurons: int
+    # Resources, estimated (export.quantize.cores_needed): the shared-weight mapping a chip
+    # would use, each conv kernel kept once per core; and, for comparison, every conv
+    # unrolled into one weight per connection (the conv as per-neuron synapses; Lava's
+    # conv_mapping="dense" simulates that, holding even the zeros in its dense matrix).
     cores_needed: int
+    synaptic_memory_bits: int  # over all cores_needed cores, kernels counted once per core
+    cores_needed_unrolled: int
     fan_in_exceeds_core: bool
 
     @property
@@ -72,7 +80,7 @@ class QuantizationReport:
         width = max([12] + [len(p.name) + 2 for p in self.populations])
         header = (f"{'population':<{width}}{'sign':<7}{'scale':>9}{'w clip':>7}{'w maxerr':>10}{'b exp':>6}"
                   f"{'b clip':>7}{'b maxerr':>10}{'vth':>7}{'vth err':>9}{'dv':>6}{'tau eff':>9}"
-                  f"{'|a| max':>9}{'never':>7}{'always':>7}{'cores':>6}  flags")
+                  f"{'|a| max':>9}{'never':>7}{'always':>7}{'syn KiB':>9}{'cores':>6}{'unrl':>5}  flags")
         lines = [f"quantization report ({self.hardware})", header]
         for r in self.populations:
             flags = [name for name, on in (("act>16bit", r.activation_exceeds_hw_bits), ("u-may-wrap", r.current_may_wrap),
@@ -85,12 +93,15 @@ class QuantizationReport:
                 f"{r.name:<{width}}{signs:<7}{r.scale:>9.2f}{r.weights_clipped:>7d}{r.weight_max_abs_error:>10.2e}"
                 f"{r.bias_exp:>6d}{r.bias_clipped:>7d}{r.bias_max_abs_error:>10.2e}{r.vth:>7d}{r.threshold_error:>9.1e}"
                 f"{r.dv:>6d}{r.tau_effective:>9.5f}{r.max_activation:>9d}{r.never_fire:>7d}{r.always_fire:>7d}"
-                f"{r.cores_needed:>6d}  " + (", ".join(flags) or "-")
+                f"{r.synaptic_memory_bits / 8192:>9.1f}{r.cores_needed:>6d}{r.cores_needed_unrolled:>5d}  "
+                + (", ".join(flags) or "-")
             )
             if len(r.synapses) > 1 or any(s.delay for s in r.synapses):
                 for s in r.synapses:
                     lines.append(f"  <- {s.name} (from {s.source}): {s.sign_mode}, {s.weights_clipped} clipped, "
                                  f"max error {s.weight_max_abs_error:.2e}"
                                  + (f", delayed {s.delay} step(s) on Lava" if s.delay else ""))
+        lines.append("syn KiB, cores: synaptic memory and cores with each conv kernel stored once per core (shared "
+                     "weights); unrl: cores with convs unrolled into per-neuron synapses (estimates, see hw config)")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

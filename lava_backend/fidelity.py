@@ -5,6 +5,9 @@ Backends (run by the caller, e.g. `stbp compare`, which composes the stages):
     emulator     the artifact's integer network, `export.emulator` (bit-exact Loihi arithmetic)
     lava_fixed   the artifact on Lava's CPU simulator, bit-accurate `fixed_pt` models
     lava_float   the artifact's float parameters on Lava's `floating_pt` models
+    reference    spikes recorded by the framework a network came from (e.g. snnTorch, for a
+                 network imported from NIR), on the same input spikes; it may hold only
+                 some populations (the output at least), and is compared on those
 
 Each record holds the spikes of every LIF population of the network graph, by node name,
 for one encoding of the test split. Emulator vs lava_fixed must match spike for spike: a
@@ -26,8 +29,10 @@ from netgraph import predict_classes
 from netgraph.provenance import atomic_write
 
 BACKENDS = ("trained", "emulator", "lava_fixed", "lava_float")
+REFERENCE = "reference"
 # Pairs compared population by population: (reference, candidate, must be identical)
-PAIRS = (("trained", "emulator", False), ("emulator", "lava_fixed", True), ("trained", "lava_float", False))
+PAIRS = (("trained", "emulator", False), ("emulator", "lava_fixed", True), ("trained", "lava_float", False),
+         (REFERENCE, "trained", False), (REFERENCE, "emulator", False), (REFERENCE, "lava_fixed", False))
 
 
 @dataclass
@@ -101,7 +106,8 @@ class FidelityReport:
     def deltas(self) -> dict[str, float]:
         """Accuracy changes in percentage points along trained -> emulator -> Lava."""
         a = self.accuracy
-        chain = [("trained", "emulator"), ("emulator", "lava_fixed"), ("trained", "lava_fixed"), ("trained", "lava_float")]
+        chain = [("trained", "emulator"), ("emulator", "lava_fixed"), ("trained", "lava_fixed"), ("trained", "lava_float"),
+                 (REFERENCE, "trained"), (REFERENCE, "lava_fixed")]
         return {f"{x}->{y}": 100.0 * (a[y] - a[x]) for x, y in chain if x in a and y in a}
 
     def to_dict(self, max_divergences: int = 100) -> dict[str, Any]:
@@ -210,10 +216,23 @@ def compare_pair(reference: BackendRun, candidate: BackendRun, must_be_identical
     )
 
 
+def _recorded_like(candidate: BackendRun, reference: BackendRun) -> BackendRun:
+    """The candidate's record cut to the populations a framework reference recorded."""
+    if reference.name != REFERENCE:
+        return candidate
+    unknown = sorted(set(reference.population_spikes) - set(candidate.population_spikes))
+    if unknown:
+        raise ValueError(f"the reference recorded populations {unknown} that {candidate.name} does not have "
+                         f"(its populations: {sorted(candidate.population_spikes)})")
+    kept = {name: candidate.population_spikes[name] for name in reference.population_spikes}
+    return dataclasses.replace(candidate, population_spikes=kept)
+
+
 def build_report(runs: dict[str, BackendRun], labels: np.ndarray, time_steps: int,
                  metadata: dict[str, Any] | None = None) -> FidelityReport:
     accuracy = {name: float((run.predictions == labels).mean()) for name, run in runs.items()}
-    pairs = tuple(compare_pair(runs[a], runs[b], exact) for a, b, exact in PAIRS if a in runs and b in runs)
+    pairs = tuple(compare_pair(runs[a], _recorded_like(runs[b], runs[a]), exact)
+                  for a, b, exact in PAIRS if a in runs and b in runs)
     return FidelityReport(len(labels), time_steps, accuracy, {n: r.samples_per_s for n, r in runs.items()},
                           pairs, metadata or {})
 

@@ -4,7 +4,7 @@ Graph, built from the artifact alone (no trainer import), one factory per node t
 
     Input      one SpikeIO process plays the input spikes (and records the populations)
     Dense      Lava Dense, or DelayDense when its path must wait (export.timing)
-    Conv2d     the same, with the conv unrolled into its (out, in) matrix
+    Conv2d     Lava Conv (shared kernel), or as a Dense with the conv unrolled (see below)
     Sum        nothing: several synapses connected to one LIF's `a_in` are added by Lava
     LIF        LIFReset, zeroing u and v when a new sample's first input arrives
     Output     the output population's recording
@@ -26,10 +26,28 @@ about to reach a population with a recurrent input and clears that Dense's in-fl
 input (`a_buff`, the value it sends at the next step), as a host resetting a chip between
 samples would. Feed-forward networks never pause.
 
-Convolutions (with any average pool folded in by the exporter) are handed to Lava as a
-Dense with the unrolled matrix: the same bit-accurate Dense arithmetic as every synapse,
-exact by construction, at the cost of storing every synapse (the quantization report's core
-count says what that means on a chip).
+Convolutions (with any average pool folded in by the exporter). `conv_mapping="conv"` (the
+default) hands each Conv2d synapse to Lava's own Conv process (lava.proc.conv), which holds
+the kernel once, as a chip would; `"dense"` hands it over as a Dense with the unrolled
+(out, in) matrix, the same Dense arithmetic as every other synapse. Both are bit-exact:
+- Lava's Conv works on (X, Y, C) = (W, H, C) maps and convolves (scipy convolve2d, kernel
+  (out, kw, kh, in) flipped), while our maps are (C, H, W) in C order and our kernels
+  (out, in, kh, kw) cross-correlate: the kernel is transposed and flipped once, and the
+  spikes and currents pass through Lava's virtual ports (reshape, transpose) on the way in
+  and out.
+- Like Dense, Conv sends at step t what it received at step t - 1 (its `a_buf`), so the
+  timing is unchanged.
+- Its fixed-point model (0.10.0) neither clips nor truncates the weights and ignores
+  weight_exp, where Dense applies clip_weights/truncate_weights (lava/utils/weightutils.py)
+  and the exponent: the kernel is put through Lava's own clip/truncate here (elementwise,
+  so the kernel gives the unrolled matrix's numbers), and a synapse with weight_exp != 0
+  keeps the unrolled Dense. It sums in float64 and wraps the sum to 24 signed bits where
+  Dense does not wrap: a synapse whose largest possible sum reaches 2^23 keeps the Dense.
+- A synapse whose path must wait (a DelayDense delay, a skip path's shortcut) keeps the
+  unrolled Dense: Conv has no synaptic delay. A recurrent conv synapse runs on Conv; its
+  `a_buf` is cleared at sample boundaries as a Dense's `a_buff` is.
+Which mapping each conv synapse got is in `LavaRunResult.conv_synapses`, and why one fell
+back in its `notes`.
 
 Parameters. `fixed_pt` hands Lava the artifact's integers (weights, sign mode, weight_exp,
 du, dv, vth, bias_mant, bias_exp), validated first: a non-integer vth/du/dv makes a
@@ -64,6 +82,10 @@ from export.validate import validate_network
 from netgraph import LIF, Conv2d, Graph, Node, Synapse, predict_classes
 
 MODES = ("fixed_pt", "floating_pt")
+CONV_MAPPINGS = ("conv", "dense")
+# Lava 0.10.0's fixed-point Conv wraps its output to 24 signed bits (PyConvModelFixed.
+# clamp_precision, utils.signed_clamp); Dense does not wrap.
+CONV_WRAP = 1 << 23
 
 # Lava 0.10.0's bit-accurate LIF and Dense hard-code these (lava/proc/lif/models.py
 # AbstractPyLifModelFixed.__init__, lava/utils/weightutils.py clip_weights(num_bits=8)); a
@@ -134,6 +156,8 @@ class LavaRunResult:
     setup_s: float = 0.0
     pauses: int = 0
     notes: list[str] = field(default_factory=list)
+    # Every Conv2d synapse -> "conv" (ran on Lava's Conv) or "dense" (ran as the unrolled Dense).
+    conv_synapses: dict[str, str] = field(default_factory=dict)
 
     @property
     def samples_per_s(self) -> float:
@@ -180,11 +204,96 @@ def _synapse_matrix(graph: Graph, node: Node, float_weights: bool) -> np.ndarray
     return np.asarray(weights)
 
 
-def _lava_synapse(graph: Graph, node: Node, mode: str, delay: int):
-    """Lava's Dense (or DelayDense when the path must wait `delay` more steps) for a synapse."""
+def _lava_fixed_kernel(quantized) -> np.ndarray:
+    """The integer kernel (out, in, kh, kw) as Lava's bit-accurate Dense would use it: clipped
+    to 8 bits and truncated to num_weight_bits in its sign mode, by Lava's own functions
+    (PyDenseModelBitAcc.run_spk applies them to its matrix at the first step; Lava 0.10.0's
+    fixed-point Conv applies neither). Elementwise and zero-preserving, so the unrolled
+    matrix of the result is the matrix Dense ends up with."""
+    # lava: loaded only when a Lava run is built
+    from lava.utils.weightutils import SignMode, clip_weights, truncate_weights
+
+    sign_mode = SignMode[quantized.sign_mode.upper()]
+    clipped = clip_weights(np.asarray(quantized.weight, np.int32), sign_mode, num_bits=8)
+    return truncate_weights(clipped, sign_mode, int(quantized.num_weight_bits))
+
+
+def _conv_fallback(graph: Graph, node: Conv2d, mode: str, delay: int) -> str | None:
+    """Why conv synapse `node` cannot run exactly on Lava's Conv (then it runs as the
+    unrolled Dense), or None when it can. See the module docstring."""
+    if delay:
+        return f"its path waits {delay} more step(s) and Lava's Conv has no synaptic delay (DelayDense has)"
+    geometry = node.geometry(graph.read_shape(node.name))
+    if max(*geometry.kernel, geometry.stride, geometry.padding) > 127:  # AbstractPyConvModel's int8 Vars
+        return "Lava's Conv holds kernel size, stride and padding as int8"
+    if mode != "fixed_pt":
+        return None
+    quantized = node.quantized
+    if int(quantized.weight_exp) != 0:
+        return f"weight_exp = {quantized.weight_exp}, which Lava 0.10.0's fixed-point Conv ignores"
+    kernel = _lava_fixed_kernel(quantized).reshape(node.out_channels, -1).astype(np.int64)
+    # Largest |sum| one step can bring to a neuron (every input of one sign spiking, no padding).
+    reach = max(np.where(kernel > 0, kernel, 0).sum(axis=1).max(), -np.where(kernel < 0, kernel, 0).sum(axis=1).min())
+    if reach >= CONV_WRAP:
+        return f"its synaptic sum can reach {reach}, past the 24 bits at which Lava's Conv wraps"
+    return None
+
+
+def conv_plan(network: ExportedNetwork, mode: str, conv_mapping: str,
+              timing: DeploymentTiming) -> dict[str, str | None]:
+    """For every Conv2d synapse, in graph order: None when it runs on Lava's Conv, else why it
+    runs as the unrolled Dense ("conv_mapping='dense'" when that was asked for)."""
+    if conv_mapping not in CONV_MAPPINGS:
+        raise ValueError(f"unknown conv_mapping {conv_mapping!r}; choose one of {', '.join(CONV_MAPPINGS)}")
+    graph = network.graph
+    return {node.name: ("conv_mapping='dense'" if conv_mapping == "dense"
+                        else _conv_fallback(graph, node, mode, timing.delay[node.name]))
+            for node in graph.nodes_of_type(Conv2d)}
+
+
+def lava_conv_kernel(kernel: np.ndarray) -> np.ndarray:
+    """Our (out, in, kh, kw) cross-correlation kernel as Lava's Conv kernel (out, kw, kh, in):
+    axes reordered for its (W, H, C) maps, and flipped in both spatial axes because Lava
+    convolves (lava/proc/conv/utils.py conv_scipy: scipy.signal.convolve2d)."""
+    return np.ascontiguousarray(np.asarray(kernel)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
+
+
+def _lava_conv(graph: Graph, node: Conv2d, mode: str):
+    """Lava's Conv for a conv synapse, on the source's (W, H, C) map (see `lava_conv_kernel`)."""
+    from lava.proc.conv.process import Conv  # lava: loaded only when a Lava run is built
+
+    channels, height, width = graph.read_shape(node.name)
+    if mode == "fixed_pt":
+        kernel = _lava_fixed_kernel(node.quantized).astype(np.int32)
+        bits = int(node.quantized.num_weight_bits)  # Conv's model does not read it: the kernel is truncated already
+    else:
+        kernel, bits = np.asarray(node.weight, np.float64), 8
+    return Conv(weight=lava_conv_kernel(kernel), input_shape=(width, height, channels), padding=int(node.padding),
+                stride=int(node.stride), num_weight_bits=bits, name=node.name)
+
+
+def _connect_synapse(source_port, synapse, target_port, in_shape: tuple[int, ...]) -> None:
+    """Connects a synapse between two flat spike/current ports. A Lava Conv reads (W, H, C)
+    and writes (W', H', C'): virtual ports turn our flat C-order (C, H, W) vectors into that
+    and back (a transpose reverses the axes, the reshape flattens in C order)."""
+    from lava.proc.conv.process import Conv  # lava: loaded only when a Lava run is built
+
+    if not isinstance(synapse, Conv):  # Dense, DelayDense: flat in, flat out
+        source_port.connect(synapse.s_in)
+        synapse.a_out.connect(target_port)
+        return
+    source_port.reshape(tuple(in_shape)).transpose((2, 1, 0)).connect(synapse.s_in)
+    synapse.a_out.transpose((2, 1, 0)).reshape((math.prod(synapse.a_out.shape),)).connect(target_port)
+
+
+def _lava_synapse(graph: Graph, node: Node, mode: str, delay: int, as_conv: bool = False):
+    """Lava's Conv (`as_conv`, a conv synapse that `_conv_fallback` accepts), else Lava's Dense,
+    or DelayDense when the path must wait `delay` more steps, for a synapse."""
     from lava.proc.dense.process import DelayDense, Dense  # lava: loaded only when a Lava run is built
     from lava.utils.weightutils import SignMode  # (same)
 
+    if as_conv:
+        return _lava_conv(graph, node, mode)
     if mode == "fixed_pt":
         q = node.quantized
         kwargs = dict(weights=_synapse_matrix(graph, node, False).astype(np.int32), weight_exp=int(q.weight_exp),
@@ -236,7 +345,8 @@ class _ShardGraph:
 
 def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record: list[str],
                  workdir: Path, shard: int, timing: DeploymentTiming,
-                 reset_offsets: dict[str, int] | None) -> _ShardGraph:
+                 reset_offsets: dict[str, int] | None, convs: dict[str, str | None]) -> _ShardGraph:
+    """One runtime's process graph. convs: `conv_plan` (None: the conv synapse runs on Lava's Conv)."""
     from lava.magma.core.run_configs import Loihi2SimCfg  # lava: loaded only when a Lava run is built
 
     from lava_backend.spike_io.processes import spike_io_classes  # (same: that module imports lava)
@@ -259,10 +369,10 @@ def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record
     clears: dict[int, list] = {}
     for node in graph.nodes_of_type(Synapse):
         edge = graph.inputs_of(node.name)[0]
-        synapse = _lava_synapse(graph, node, mode, timing.delay[node.name])
+        as_conv = node.name in convs and convs[node.name] is None
+        synapse = _lava_synapse(graph, node, mode, timing.delay[node.name], as_conv)
         target = graph.population_of(node.name).name
-        spikes_of[edge.source].connect(synapse.s_in)
-        synapse.a_out.connect(populations[target].a_in)
+        _connect_synapse(spikes_of[edge.source], synapse, populations[target].a_in, graph.read_shape(node.name))
         if edge.recurrent:
             for step in schedule.clear_points(target):
                 clears.setdefault(step, []).append(synapse)
@@ -274,8 +384,14 @@ def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record
 
 def _clear_in_flight(graph: _ShardGraph) -> None:
     """Zeroes what each recurrent synapse due now would deliver at the next step: all of a
-    Dense's buffer, column 0 of a DelayDense's (its later columns belong to the new sample)."""
+    Dense's buffer or of a Conv's (`a_buf`, (W', H', C')), column 0 of a DelayDense's (its
+    later columns belong to the new sample)."""
+    from lava.proc.conv.process import Conv  # lava: loaded only when a Lava run is built
+
     for synapse in graph.clears.get(graph.steps_done, ()):
+        if isinstance(synapse, Conv):
+            synapse.a_buf.set(np.zeros(synapse.a_buf.shape))
+            continue
         if len(synapse.a_buff.shape) == 1:  # a Dense: all of it, no need to read it back
             synapse.a_buff.set(np.zeros(synapse.a_buff.shape))
             continue
@@ -449,6 +565,22 @@ def _run_shards(graphs: list[_ShardGraph], cpus: list[int], updates: int, bar, o
     return setup_s, pauses
 
 
+def _check_run_arguments(network: ExportedNetwork, spikes: np.ndarray, mode: str, shards: int | None, cpus: int,
+                         reset_offsets: dict[str, int] | None, conv_mapping: str) -> int:
+    """Refuses bad arguments before Lava is loaded; returns the number of shards to run."""
+    _check_inputs(network, spikes, mode)
+    if shards is None:
+        shards = max(1, min(cpus, len(spikes) // 100))
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    names = [p.name for p in network.populations]
+    if reset_offsets is not None and set(reset_offsets) != set(names):
+        raise ValueError(f"reset_offsets needs one entry per population ({', '.join(names)})")
+    if conv_mapping not in CONV_MAPPINGS:
+        raise ValueError(f"unknown conv_mapping {conv_mapping!r}; choose one of {', '.join(CONV_MAPPINGS)}")
+    return shards
+
+
 def run_network(
     network: ExportedNetwork,
     input_spikes: np.ndarray,
@@ -459,6 +591,7 @@ def run_network(
     updates: int = 20,
     reset_offsets: dict[str, int] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    conv_mapping: str = "conv",
 ) -> LavaRunResult:
     """Runs `input_spikes` (samples, T, *input_shape) of 0/1 through Lava in one long run per shard.
 
@@ -469,25 +602,29 @@ def run_network(
         on a 2-core machine that is what makes the second runtime pay off.
     reset_offsets: override the populations' LIFReset offsets (for tests of the alignment).
     on_progress(steps_done, steps_total) is called after every chunk of steps.
+    conv_mapping: "conv" runs each Conv2d synapse on Lava's Conv process (one shared kernel),
+        "dense" as a Dense holding the unrolled (out, in) matrix. Under "conv" a synapse
+        falls back to the unrolled Dense, on its own, when Conv cannot run it exactly: a
+        path that must wait (Conv has no DelayDense-style delay: skip-path shortcuts), in
+        fixed_pt a weight_exp != 0 (ignored by Lava 0.10.0's Conv) or a synaptic sum that can
+        reach 2^23 (Conv wraps at 24 bits), or a kernel, stride or padding above 127 (int8
+        in Conv's model). Recurrent conv synapses stay on Conv (its buffer is cleared
+        between samples). The result's `conv_synapses` says which each got, `notes` why.
     """
     spikes = np.asarray(input_spikes)
-    _check_inputs(network, spikes, mode)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    if shards is None:
-        shards = max(1, min(len(cpus), len(spikes) // 100))
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
+    shards = _check_run_arguments(network, spikes, mode, shards, len(cpus), reset_offsets, conv_mapping)
     recorded = _records(network, record)
-    names = [p.name for p in network.populations]
-    if reset_offsets is not None and set(reset_offsets) != set(names):
-        raise ValueError(f"reset_offsets needs one entry per population ({', '.join(names)})")
     timing = deployment_timing(network.graph, network.hardware.max_synaptic_delay)
 
     import_lava()
     from lava.magma.core.run_conditions import RunSteps  # lava: loaded only when a Lava run is built
 
+    convs = conv_plan(network, mode, conv_mapping, timing)
+
     slices = [s for s in np.array_split(np.arange(len(spikes)), min(shards, len(spikes))) if len(s)]
-    notes: list[str] = []
+    notes = [f"conv synapse {name}: unrolled Dense, because {why}"
+             for name, why in convs.items() if why is not None and conv_mapping == "conv"]
     graphs: list[_ShardGraph] = []
     bar = None
     started = time.perf_counter()
@@ -495,7 +632,7 @@ def run_network(
         try:
             for shard, indices in enumerate(slices):
                 graphs.append(_build_shard(network, spikes[indices[0] : indices[-1] + 1], mode, recorded, Path(tmp),
-                                           shard, timing, reset_offsets))
+                                           shard, timing, reset_offsets, convs))
             bar = tqdm(total=len(spikes), desc=f"lava {mode}", unit="sample", leave=False, disable=not progress)
             setup_s, pauses = _run_shards(graphs, cpus, updates, bar, on_progress, RunSteps)
             wall = time.perf_counter() - started
@@ -508,4 +645,5 @@ def run_network(
         mode=mode, population_spikes=population_spikes, output=network.graph.output_population.name,
         samples=len(spikes), shards=len(graphs), wall_s=wall, lava_steps=sum(g.schedule.total_steps for g in graphs),
         setup_s=setup_s, pauses=pauses, notes=notes,
+        conv_synapses={name: "dense" if why else "conv" for name, why in convs.items()},
     )

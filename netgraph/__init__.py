@@ -6,9 +6,10 @@ Torch-free and Lava-free: numpy only.
 from netgraph.decision import predict_classes
 from netgraph.graph import Edge, Graph, Stage
 from netgraph.nodes import (CURRENT, LIF, POOLED, SIGN_MODES, SPIKES, AvgPool2d, Conv2d, Dense, GraphError, Input, Node,
-                            Output, QuantizedLIF, QuantizedSynapse, Sum, Synapse)
+                            Output, QuantizedLIF, QuantizedSynapse, Sum, Synapse, unique_name)
 
 __all__ = [
     "AvgPool2d", "CURRENT", "Conv2d", "Dense", "Edge", "Graph", "GraphError", "Input", "LIF", "Node", "Output",
     "POOLED", "QuantizedLIF", "QuantizedSynapse", "SIGN_MODES", "SPIKES", "Stage", "Sum", "Synapse", "predict_classes",
+    "unique_name",
 ]

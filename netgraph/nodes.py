@@ -38,6 +38,17 @@ SPIKES, POOLED, CURRENT = "spikes", "pooled", "current"
 SIGN_MODES = ("mixed", "excitatory", "inhibitory")
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,199}")
 
+
+def unique_name(wanted: str, taken) -> str:
+    """`wanted` made a valid node name (letters, digits, '_', starting with a letter, at most
+    200 characters) that is not in `taken`: the first free of wanted, wanted_1, wanted_2, ..."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", str(wanted))[:190] or "node"
+    base = base if base[0].isalpha() else f"n_{base}"
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
 # (source name, source output shape) for each input edge of a node, in edge order.
 Inputs = Sequence[tuple[str, tuple[int, ...]]]
 

@@ -12,16 +12,20 @@ import numpy as np
 
 from export.artifact import ArtifactError, load_artifact, save_artifact
 from export.emulator import emulate
+from export.netx import netx_load_arguments, save_netx
 from export.hw_config import HardwareConfigError, resolve_hardware_config
 from export.quantize import QuantizationWarning
 from export.timing import TimingError, deployment_timing
 from export.validate import ExportRangeError
+from interchange.nir_import import NIRImportError
+from interchange.nir_neurons import DEFAULT_DT, NIR_NEURONS
 from lava_backend.fidelity import check_gates, plot_report
 from lava_backend.runner import run_network
 from netgraph import Graph, GraphError, predict_classes
 from netgraph.provenance import atomic_write
-from spikedata import DataError
-from stbp_cli.pipeline import FidelityError, evaluation_spikes, evaluation_split, export_checkpoint, run_fidelity
+from spikedata import DATASETS, DataError, load_dataset
+from stbp_cli.pipeline import (FidelityError, evaluation_spikes, evaluation_split, export_checkpoint, export_nir,
+                               import_nir_checkpoint, run_fidelity)
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, config_with_overrides, load_config
 from trainer.train import train
@@ -83,28 +87,109 @@ def _warn_if_not_deployable(graph: Graph) -> None:
               file=sys.stderr)
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="quantize a checkpoint to Loihi fixed point and write the ONNX artifact")
+    p = sub.add_parser("export", help="quantize a checkpoint to Loihi fixed point and write the ONNX artifact "
+                                      "(or the float network as NIR)")
     p.add_argument("checkpoint", help="trainer checkpoint (.safetensors)")
+    p.add_argument("--format", choices=["onnx", "nir", "netx"], default="onnx",
+                   help="onnx: the Loihi fixed-point artifact `stbp run` and `stbp compare` take (default); "
+                        "nir: the trained float network as a NIR graph for snnTorch, norse and other NIR tools; "
+                        "netx: lava-dl netx HDF5 for a Loihi 2 board (quantized so netx reproduces the emulator; "
+                        "plain chains only), with an ONNX artifact of the same integers beside it")
     p.add_argument("--hw", default="loihi2", help="hardware config: a YAML path or a shipped name (loihi2, loihi1)")
-    p.add_argument("-o", "--output", required=True, help="artifact path (.onnx); the report goes beside it")
+    p.add_argument("-o", "--output", required=True,
+                   help="output path (.onnx, .nir or .net); onnx and netx write the quantization report beside it")
     p.add_argument("--allow-clip", action="store_true",
                    help="clip out-of-range weights/biases/decays with a warning instead of refusing")
+    p.add_argument("--dt", type=_positive_float, default=DEFAULT_DT,
+                   help=f"nir only: seconds per time step the NIR time constants are stated for (default {DEFAULT_DT:g}, "
+                        "the step snnTorch's import_from_nir assumes)")
+    p.add_argument("--nir-r", choices=["tau", "unit"], default="tau",
+                   help="nir: 'tau' writes LIF nodes with r = tau_mem/dt and the trained weights (default; snnTorch's "
+                        "convention); 'unit' writes r = 1 and weights times tau_mem/dt, for readers that ignore r "
+                        "(norse 1.1.0). Both are the same NIR dynamics.")
     p.set_defaults(handler=_cmd_export)
 
 
 def _cmd_export(args) -> int:
+    if args.format == "nir":
+        if Path(args.output).suffix.lower() == ".onnx":
+            raise ValueError(f"{args.output}: a NIR file should not be named .onnx (use .nir)")
+        written = export_nir(args.checkpoint, args.output, args.dt, args.nir_r)
+        kinds = ", ".join(f"{name} ({type(node).__name__})" for name, node in written.nodes.items()
+                          if isinstance(node, NIR_NEURONS))
+        print(f"NIR graph: {args.output} (dt = {args.dt:g} s, r convention {args.nir_r}; populations {kinds}). Conventions: spikes when "
+              "v >= v_threshold (NIR states v > v_threshold), reset to 0, bias added every step "
+              "(see interchange/nir_neurons.py)")
+        return 0
     hw = resolve_hardware_config(args.hw)
+    netx = args.format == "netx"
+    if netx and Path(args.output).suffix.lower() == ".onnx":
+        raise ValueError(f"{args.output}: a netx file needs another suffix (e.g. .net): the ONNX artifact of the "
+                         "same integers is written beside it as .onnx")
     with warnings.catch_warnings():
         # The notes are collected in the report and printed with it.
         warnings.simplefilter("ignore", QuantizationWarning)
-        network, report = export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip)
-    save_artifact(network, args.output)
+        network, report = export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip, netx=netx)
+    artifact = Path(args.output).with_suffix(".onnx") if netx else Path(args.output)
+    if netx:
+        save_netx(network, args.output)
+    save_artifact(network, artifact)
     report_path = Path(f"{args.output}.report.json")
     with atomic_write(report_path, "w") as handle:
         json.dump(report.to_dict(), handle, indent=2)
     print(report.format_table())
-    print(f"artifact: {args.output}\nreport:   {report_path}")
+    if netx:
+        load = ", ".join(f"{k}={v}" for k, v in netx_load_arguments(network).items())
+        print(f"netx:     {args.output} (load with lava.lib.dl.netx.hdf5.Network(path, {load}))\n"
+              f"artifact: {artifact} (the same integers, for `stbp run` and `stbp compare`)")
+    else:
+        print(f"artifact: {artifact}")
+    print(f"report:   {report_path}")
+    return 0
+
+
+def _add_lava_conv(p) -> None:
+    p.add_argument("--lava-conv", choices=["conv", "dense"], default="conv",
+                   help="conv synapses on Lava: 'conv' runs Lava's Conv process with one shared kernel, as a chip "
+                        "stores it (default); 'dense' unrolls each into a Dense matrix (about 2.5x faster on the CPU "
+                        "simulator, same spikes)")
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="import a NIR graph (e.g. from snnTorch or norse) as a checkpoint that "
+                                      "export, run and compare take")
+    p.add_argument("model", help="NIR file (.nir)")
+    p.add_argument("-o", "--output-dir", required=True, help="directory for checkpoint.safetensors")
+    p.add_argument("--dt", type=_positive_float,
+                   help="seconds per time step to step the NIR neurons at (default: the dt recorded by `stbp export "
+                        "--format nir`; snnTorch uses 1e-4, norse's default is 1e-3)")
+    p.add_argument("--data", required=True, choices=DATASETS, help="the data set the network classifies")
+    p.add_argument("--data-path", help="directory of the data files (mnist, nmnist)")
+    p.add_argument("--time-steps", type=_positive_int, required=True, help="time steps per sample (T)")
+    p.add_argument("--encoding", default="bernoulli", help="input encoding of images (default bernoulli)")
+    p.add_argument("--eval-seed", type=int, default=12345, help="seed of the evaluation encoding")
+    p.set_defaults(handler=_cmd_import)
+
+
+def _cmd_import(args) -> int:
+    input_shape = load_dataset(args.data, args.data_path, args.time_steps).input_shape
+    settings = {"data": {"name": args.data, "path": args.data_path},
+                "encoding": {"kind": args.encoding, "time_steps": args.time_steps},
+                "training": {"eval_seed": args.eval_seed}, "output_dir": args.output_dir}
+    path, imported = import_nir_checkpoint(args.model, args.output_dir, args.dt, settings, input_shape)
+    for note in imported.notes:
+        print(f"note: {note}")
+    layers = ", ".join(f"{p.name} {p.shape} tau {p.tau:g}" + (f" tau_current {p.tau_current:g}" if p.tau_current else "")
+                       for p in imported.graph.populations)
+    print(f"imported {args.model} at dt = {imported.dt:g} s: {layers}\ncheckpoint: {path}")
     return 0
 
 
@@ -117,7 +202,11 @@ def _add_run(sub) -> None:
     p.add_argument("--data-path", help="directory of the data files (mnist)")
     p.add_argument("--limit", type=_positive_int, help="only the first N test samples")
     p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes (default: one per core, one per 100 samples)")
+    _add_lava_conv(p)
     p.add_argument("--save-spikes", metavar="NPZ", help="write the output spikes (samples, T, classes) here")
+    p.add_argument("--save-input-spikes", metavar="NPZ",
+                   help="write the encoded input spikes (samples, T, *input_shape) and labels here: run a source "
+                        "framework on them and pass its spikes to `stbp compare --reference`")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_run)
 
@@ -133,6 +222,9 @@ def _cmd_run(args) -> int:
     path = path if isinstance(path, str) else None
     split = evaluation_split(network, name, path, args.limit)
     spikes = evaluation_spikes(network, split)
+    if args.save_input_spikes:
+        with atomic_write(args.save_input_spikes) as handle:
+            np.savez_compressed(handle, input_spikes=spikes, labels=split.labels)
     started = time.perf_counter()
     if args.backend == "emulator":
         output = emulate(network, spikes, progress=not args.no_progress).output_spikes
@@ -140,10 +232,15 @@ def _cmd_run(args) -> int:
         detail = "emulator (numpy)"
     else:
         result = run_network(network, spikes, mode=args.backend, record="output", shards=args.shards,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, conv_mapping=args.lava_conv)
         output, rate = result.output_spikes, result.samples_per_s
         detail = (f"Lava {args.backend}, {result.shards} runtime(s), {result.lava_steps} Lava steps, "
                   f"{result.wall_s:.1f} s including {result.setup_s:.1f} s to build and start Lava")
+        if result.conv_synapses:
+            on_conv = sum(mapping == "conv" for mapping in result.conv_synapses.values())
+            detail += f", {on_conv} of {len(result.conv_synapses)} conv synapses on Lava's Conv process"
+        for note in result.notes:
+            print(f"note: {note}")
     predictions = predict_classes(output)
     accuracy = float((predictions == split.labels).mean())
     print(f"{detail}: accuracy {100 * accuracy:.2f}% on {len(split.labels)} {name} test samples, "
@@ -163,12 +260,16 @@ def _add_compare(sub) -> None:
     p.add_argument("--backends", default="trained,emulator,lava_fixed,lava_float",
                    help="comma-separated subset of trained,emulator,lava_fixed,lava_float")
     p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes")
+    _add_lava_conv(p)
     p.add_argument("--json", help="write the full report here (default: beside the artifact)")
     p.add_argument("--plot", help="write the raster/rate plot here (default: beside the artifact)")
     p.add_argument("--max-accuracy-drop", type=float, metavar="PP",
                    help="fail (exit 1) if deployed accuracy is more than PP percentage points below trained")
     p.add_argument("--require-bit-exact", action="store_true",
                    help="fail (exit 1) unless the emulator and Lava fixed_pt agree on every spike")
+    p.add_argument("--reference", metavar="NPZ",
+                   help="spikes the source framework recorded on the inputs `stbp run --save-input-spikes` wrote: one "
+                        "(samples, T, neurons) array per population (NIR node name, population name or 'output')")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_compare)
 
@@ -176,7 +277,8 @@ def _add_compare(sub) -> None:
 def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: Path) -> int:
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     report, runs = run_fidelity(checkpoint, artifact, data_path=args.data_path, limit=args.limit,
-                                backends=backends, shards=args.shards, progress=not args.no_progress)
+                                backends=backends, shards=args.shards, progress=not args.no_progress,
+                                reference=args.reference, conv_mapping=args.lava_conv)
     print(report.format_table())
     with atomic_write(json_path, "w") as handle:
         json.dump(report.to_dict(), handle, indent=2)
@@ -219,12 +321,13 @@ def _cmd_demo(args) -> int:
     checkpoint = out / "checkpoint.safetensors"
     artifact = out / "net.onnx"
     print(f"\n[2/3] exporting for {args.hw} -> {artifact}")
-    _cmd_export(argparse.Namespace(checkpoint=str(checkpoint), hw=args.hw, output=str(artifact), allow_clip=False))
+    _cmd_export(argparse.Namespace(checkpoint=str(checkpoint), format="onnx", hw=args.hw, output=str(artifact),
+                                   allow_clip=False))
     print("\n[3/3] trained model vs emulator vs Lava fixed_pt vs Lava floating_pt")
     compare_args = argparse.Namespace(command="demo", data_path=None, limit=args.limit,
                                       backends="trained,emulator,lava_fixed,lava_float", shards=args.shards,
                                       max_accuracy_drop=args.max_accuracy_drop, require_bit_exact=True,
-                                      no_progress=args.no_progress)
+                                      reference=None, lava_conv="conv", no_progress=args.no_progress)
     return _compare_and_report(str(checkpoint), artifact, compare_args, out / "fidelity.json", out / "fidelity.png")
 
 
@@ -237,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_export(sub)
+    _add_import(sub)
     _add_run(sub)
     _add_compare(sub)
     _add_demo(sub)
@@ -248,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, CheckpointError, DataError, ArtifactError, ExportRangeError, HardwareConfigError, GraphError,
-            FidelityError, ValueError, FloatingPointError) as exc:
+            FidelityError, NIRImportError, ValueError, FloatingPointError) as exc:
         print(f"stbp {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -20,11 +20,14 @@ from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.quantize import quantize_graph
 from export.report import QuantizationReport
-from lava_backend.fidelity import BACKENDS, BackendRun, FidelityReport, build_report
+from interchange.nir_export import write_nir
+from interchange.nir_import import ImportedNetwork, NIRImportError, import_nir, read_nir
+from lava_backend.fidelity import BACKENDS, REFERENCE, BackendRun, FidelityReport, build_report
 from lava_backend.runner import run_network
+from netgraph import Dense, Graph, Input
 from netgraph.provenance import package_versions
 from spikedata import Split, load_dataset
-from trainer.checkpoint import Checkpoint, build_model, float_graph, load_checkpoint
+from trainer.checkpoint import Checkpoint, build_model, checkpoint_from_graph, float_graph, load_checkpoint, save_checkpoint
 from trainer.encoding import encode_split
 
 
@@ -32,9 +35,10 @@ class FidelityError(ValueError):
     """The checkpoint, artifact and data cannot be compared (e.g. they do not belong together)."""
 
 
-def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig,
-                      allow_clip: bool = False) -> tuple[ExportedNetwork, QuantizationReport]:
-    """Quantizes a trainer checkpoint's network graph; the artifact records where it came from."""
+def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig, allow_clip: bool = False,
+                      netx: bool = False) -> tuple[ExportedNetwork, QuantizationReport]:
+    """Quantizes a trainer checkpoint's network graph; the artifact records where it came from.
+    netx: quantize so that lava-dl netx reproduces the integers exactly (export.netx)."""
     checkpoint = load_checkpoint(checkpoint_path)
     history = checkpoint.history[-1] if checkpoint.history else {}
     metadata = {
@@ -42,13 +46,14 @@ def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig,
         "source_checkpoint_sha256": hashlib.sha256(Path(checkpoint_path).read_bytes()).hexdigest(),
         "training_config": checkpoint.config.to_dict(),
         "training_versions": checkpoint.versions,
+        "origin": checkpoint.origin,
         "training_seed": checkpoint.config.seed,
         "trained_test_accuracy": history.get("test_accuracy"),
         "export_versions": package_versions(),
     }
     config = checkpoint.config
     return quantize_graph(float_graph(checkpoint), config.encoding.kind, config.encoding.time_steps,
-                          config.training.eval_seed, hw, allow_clip, metadata)
+                          config.training.eval_seed, hw, allow_clip, metadata, netx=netx)
 
 
 def evaluation_split(network: ExportedNetwork, name: str, path: str | None, limit: int | None) -> Split:
@@ -87,16 +92,20 @@ def emulator_run(network: ExportedNetwork, spikes: np.ndarray, progress: bool = 
 
 
 def lava_run(network: ExportedNetwork, spikes: np.ndarray, mode: str, shards: int | None = None,
-             progress: bool = False) -> BackendRun:
-    result = run_network(network, spikes, mode=mode, record="all", shards=shards, progress=progress)
+             progress: bool = False, conv_mapping: str = "conv") -> BackendRun:
+    result = run_network(network, spikes, mode=mode, record="all", shards=shards, progress=progress,
+                         conv_mapping=conv_mapping)
     name = "lava_fixed" if mode == "fixed_pt" else "lava_float"
     return BackendRun(name, result.population_spikes, result.output, result.samples_per_s)
 
 
 def run_fidelity(checkpoint_path, artifact_path, data_path: str | None = None, limit: int | None = None,
-                 backends: tuple[str, ...] = BACKENDS, shards: int | None = None,
-                 progress: bool = True) -> tuple[FidelityReport, dict[str, BackendRun]]:
-    """Runs the chosen backends on the checkpoint's test split, encoded once, and compares them."""
+                 backends: tuple[str, ...] = BACKENDS, shards: int | None = None, progress: bool = True,
+                 reference: str | None = None,
+                 conv_mapping: str = "conv") -> tuple[FidelityReport, dict[str, BackendRun]]:
+    """Runs the chosen backends on the checkpoint's test split, encoded once, and compares them.
+    reference: a .npz of spikes the source framework recorded on the same input spikes (see
+    load_reference), compared with the trained model, the emulator and Lava fixed_pt."""
     network = load_artifact(artifact_path)
     checkpoint = load_checkpoint(checkpoint_path)
     expected_hash = network.metadata.get("source_checkpoint_sha256")
@@ -116,15 +125,90 @@ def run_fidelity(checkpoint_path, artifact_path, data_path: str | None = None, l
     if len(split.labels) == 0:
         raise FidelityError("no test samples to compare (check --limit and the data set)")
     spikes = evaluation_spikes(network, split)
-    runs: dict[str, BackendRun] = {"trained": trained_run(checkpoint, spikes)}
+    runs: dict[str, BackendRun] = {}
+    if reference is not None:
+        runs[REFERENCE] = load_reference(reference, network.graph, checkpoint.origin, spikes.shape[:2])
+    runs["trained"] = trained_run(checkpoint, spikes)
     if "emulator" in backends:
         runs["emulator"] = emulator_run(network, spikes, progress)
     for name, mode in (("lava_fixed", "fixed_pt"), ("lava_float", "floating_pt")):
         if name in backends:
-            runs[name] = lava_run(network, spikes, mode, shards, progress)
+            runs[name] = lava_run(network, spikes, mode, shards, progress, conv_mapping)
     metadata = {
         "checkpoint": str(checkpoint_path), "artifact": str(artifact_path), "dataset": data.name,
         "data_path": data_path or data.path, "eval_seed": network.eval_seed, "hw_config": network.hardware.name,
-        "versions": package_versions(),
+        "versions": package_versions(), "reference": reference, "origin": checkpoint.origin,
+        "lava_conv_mapping": conv_mapping,
     }
     return build_report(runs, split.labels, network.time_steps, metadata), runs
+
+
+def load_reference(path: str | Path, graph: Graph, origin: dict | None, samples_steps: tuple[int, int]) -> BackendRun:
+    """Spikes a source framework recorded on the evaluation input spikes (`stbp run
+    --save-input-spikes`): a .npz with one uint8/bool array (samples, T, *shape) per population,
+    keyed by the graph's population name, the NIR node name it was imported from, or `output`."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise FidelityError(f"{path}: not a readable .npz of spike arrays ({exc})") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise FidelityError(f"{path}: a single array; the reference must be a .npz with one array per population")
+    with loaded as data:
+        arrays = {key: data[key] for key in data.files}
+    from_nir = {nir_key: name for name, nir_key in (origin or {}).get("nir_names", {}).items()}
+    populations = {p.name: p for p in graph.populations}
+    recorded: dict[str, np.ndarray] = {}
+    for key, array in arrays.items():
+        name = graph.output_population.name if key == "output" else from_nir.get(key, key)
+        if name not in populations:
+            raise FidelityError(f"{path}: array {key!r} names no population of the network "
+                                f"({', '.join(populations)}, or 'output')")
+        expected = (*samples_steps, populations[name].neurons)
+        if array.ndim < 3 or array.shape[:2] != samples_steps or math.prod(array.shape[2:]) != expected[2]:
+            raise FidelityError(f"{path}: array {key!r} has shape {array.shape}; expected (samples, T, neurons) = "
+                                f"{expected} for population {name}")
+        if not np.isin(array, (0, 1)).all():
+            raise FidelityError(f"{path}: array {key!r} holds values other than 0 and 1")
+        recorded[name] = array.reshape(expected).astype(np.uint8)
+    if graph.output_population.name not in recorded:
+        raise FidelityError(f"{path}: holds no spikes of the output population {graph.output_population.name} "
+                            "(key it by that name or 'output')")
+    ordered = {p: recorded[p] for p in populations if p in recorded}
+    return BackendRun(REFERENCE, ordered, graph.output_population.name, math.nan)
+
+
+def export_nir(checkpoint_path: str | Path, output: str | Path, dt: float, r_convention: str = "tau"):
+    """Writes a checkpoint's float network as a NIR file; returns the NIR graph written."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    graph = float_graph(checkpoint)
+    return write_nir(graph, output, dt, metadata={
+        "source_checkpoint": str(checkpoint_path),
+        "source_checkpoint_sha256": hashlib.sha256(Path(checkpoint_path).read_bytes()).hexdigest(),
+    }, r_convention=r_convention)
+
+
+def import_nir_checkpoint(nir_path: str | Path, output_dir: str | Path, dt: float | None, settings: dict,
+                          input_shape: tuple[int, ...]) -> tuple[Path, ImportedNetwork]:
+    """Imports a NIR file as a checkpoint in `output_dir` (checkpoint.safetensors), for inputs
+    of `input_shape` (the data set's: a NIR input of the same size that feeds only dense
+    synapses is reshaped to it, since a dense synapse reads its input flattened)."""
+    imported = import_nir(read_nir(nir_path), dt, source=str(nir_path))
+    graph = _with_input_shape(imported.graph, tuple(input_shape), str(nir_path))
+    origin = {
+        "nir_file": str(nir_path), "nir_sha256": hashlib.sha256(Path(nir_path).read_bytes()).hexdigest(),
+        "dt": imported.dt, "notes": list(imported.notes), "nir_names": imported.nir_names,
+    }
+    checkpoint = checkpoint_from_graph(graph, settings, f"{nir_path} (imported)", origin)
+    path = Path(output_dir) / "checkpoint.safetensors"
+    save_checkpoint(path, checkpoint)
+    return path, imported
+
+
+def _with_input_shape(graph: Graph, shape: tuple[int, ...], source: str) -> Graph:
+    current = tuple(graph.input.shape)
+    if current == shape:
+        return graph
+    readers = [graph.node(e.target) for e in graph.consumers_of(graph.input.name)]
+    if math.prod(current) != math.prod(shape) or not all(isinstance(r, Dense) for r in readers):
+        raise NIRImportError(f"{source}: the network's input has shape {current}, the data set's samples {shape}")
+    return graph.replace(nodes=[Input(graph.input.name, shape)])

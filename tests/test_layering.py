@@ -4,6 +4,7 @@ dependencies inside functions only where a comment says why.
 Layers (each may import only the ones listed, and itself):
     netgraph      -                                  the graph, decision rule, provenance
     spikedata     netgraph                           data sets from local files
+    interchange   netgraph                           NIR out and in
     trainer       netgraph, spikedata                torch: neuron, network, training
     export        netgraph                           quantization, artifact, emulator
     lava_backend  netgraph, export                   Lava runs, fidelity comparison
@@ -21,15 +22,16 @@ from conftest import REPO_ROOT
 ALLOWED = {
     "netgraph": set(),
     "spikedata": {"netgraph"},
+    "interchange": {"netgraph"},
     "trainer": {"netgraph", "spikedata"},
     "export": {"netgraph"},
     "lava_backend": {"netgraph", "export"},
-    "stbp_cli": {"netgraph", "spikedata", "trainer", "export", "lava_backend"},
+    "stbp_cli": {"netgraph", "spikedata", "interchange", "trainer", "export", "lava_backend"},
 }
-TORCH_FREE = {"netgraph", "spikedata", "export", "lava_backend"}
+TORCH_FREE = {"netgraph", "spikedata", "interchange", "export", "lava_backend"}
 # What a function may import lazily: heavy optional dependencies, and the project modules
 # that load them at import time.
-LAZY_ALLOWED = ("torch", "tonic", "lava", "matplotlib", "lava_backend.spike_io")
+LAZY_ALLOWED = ("torch", "tonic", "lava", "matplotlib", "lava_backend.spike_io", "snntorch", "norse")
 LAVA_MODULES = "lava_backend.spike_io"  # the only modules that import lava at module level
 
 

@@ -113,3 +113,64 @@ def fan_in(graph: Graph, population: str) -> int:
         total += (math.prod(source_shape) if isinstance(synapse, Dense)
                   else source_shape[0] * math.prod(synapse.kernel_size))
     return total
+
+
+def _layer_input(graph: Graph, synapse, edge: Edge, layer: dict) -> dict:
+    """The config entry for one synapse into a layer (its geometry only where it differs)."""
+    source = INPUT_NAME if edge.source == graph.input.name else edge.source
+    entry: dict = {"source": source, "recurrent": edge.recurrent}
+    if isinstance(synapse, Conv2d):
+        for key, value in (("kernel_size", synapse.kernel_size[0]), ("stride", synapse.stride),
+                           ("padding", synapse.padding)):
+            if value != layer[key]:
+                entry[key] = int(value)
+    return entry
+
+
+def _population_layer(graph: Graph, lif: LIF) -> dict:
+    synapses = graph.synapses_into(lif.name)
+    first = synapses[0][0]
+    if any(type(s) is not type(first) for s, _ in synapses):
+        raise ConfigError(f"population {lif.name}: mixes dense and conv synapses, which one layer cannot hold")
+    for synapse, _ in synapses:
+        if isinstance(synapse, Conv2d) and synapse.kernel_size[0] != synapse.kernel_size[1]:
+            raise ConfigError(f"synapse {synapse.name}: kernel {synapse.kernel_size} is not square")
+    layer: dict = {"name": lif.name, "tau": float(lif.tau), "v_threshold": float(lif.v_threshold),
+                   "tau_current": float(lif.tau_current)}
+    if isinstance(first, Conv2d):
+        layer.update(type="conv", channels=int(first.out_channels), kernel_size=int(first.kernel_size[0]),
+                     stride=int(first.stride), padding=int(first.padding))
+    else:
+        layer.update(type="dense", units=int(first.out_features))
+    layer["inputs"] = [_layer_input(graph, s, edge, layer) for s, edge in synapses]
+    return layer
+
+
+def layers_from_graph(graph: Graph) -> list[dict]:
+    """The run config's `model.layers` (as raw mappings) whose build_graph has the structure
+    of `graph` (the inverse of build_graph, for networks made elsewhere, e.g. imported from
+    NIR): one layer per population or average pool, in an order where every feed-forward
+    input comes first and the output population comes last. Raises ConfigError for what a
+    layer list cannot hold."""
+    output = graph.output_population.name
+    layers = []
+    for name in graph.order:
+        node = graph.node(name)
+        if isinstance(node, AvgPool2d):
+            (edge,) = graph.inputs_of(name)
+            source = INPUT_NAME if edge.source == graph.input.name else edge.source
+            layers.append({"name": name, "type": "avgpool", "kernel_size": int(node.kernel_size), "inputs": [source]})
+        elif isinstance(node, LIF):
+            layers.append(_population_layer(graph, node))
+    layers.sort(key=lambda layer: layer["name"] == output)  # stable: only moves the output population last
+    return layers
+
+
+def synapse_names_in_config(graph: Graph) -> dict[str, str]:
+    """Graph synapse name -> the name build_graph gives it from layers_from_graph's layers."""
+    names = {}
+    for lif in graph.populations:
+        for synapse, edge in graph.synapses_into(lif.name):
+            source = INPUT_NAME if edge.source == graph.input.name else edge.source
+            names[synapse.name] = synapse_name(lif.name, LayerInput(source=source, recurrent=edge.recurrent))
+    return names

@@ -20,9 +20,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from netgraph import Graph
+from netgraph import LIF, Graph, Synapse
 from netgraph.provenance import atomic_write, package_versions
-from trainer.architecture import synapse_name
+from trainer.architecture import layers_from_graph, synapse_name, synapse_names_in_config
 from trainer.config import ConfigError, RunConfig, config_from_dict
 from trainer.network import SpikingNetwork
 
@@ -46,6 +46,7 @@ class Checkpoint:
     history: list[dict[str, Any]]
     versions: dict[str, str]
     path: Path | None = None
+    origin: dict[str, Any] | None = None  # where a network made elsewhere came from (e.g. a NIR file)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -84,6 +85,8 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
         "history": json.dumps(checkpoint.history),
         "versions": json.dumps(checkpoint.versions or package_versions()),
     }
+    if checkpoint.origin:
+        metadata["origin"] = json.dumps(checkpoint.origin)
     payload = save(tensors, metadata=metadata)
     with atomic_write(path) as handle:
         handle.write(payload)
@@ -128,6 +131,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             history=json.loads(metadata["history"]),
             versions=json.loads(metadata["versions"]),
             path=path,
+            origin=json.loads(metadata["origin"]) if "origin" in metadata else None,
         )
     except (KeyError, json.JSONDecodeError, ConfigError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete or invalid: {exc}") from exc
@@ -166,3 +170,52 @@ def build_model(checkpoint: Checkpoint) -> SpikingNetwork:
 def float_graph(checkpoint: Checkpoint) -> Graph:
     """The checkpoint's network graph with its trained float parameters (for the exporter)."""
     return build_model(checkpoint).float_graph()
+
+
+def _population_bias(graph: Graph, lif: LIF) -> torch.Tensor:
+    """A population's bias as the trainer holds it: per neuron, or per channel for (C, H, W)."""
+    bias = torch.zeros(lif.neurons, dtype=torch.float64) if lif.bias is None else torch.as_tensor(lif.bias).double()
+    if len(lif.shape) != 3:
+        return bias.float()
+    per_channel = bias.reshape(lif.shape[0], -1)
+    if not torch.all(per_channel == per_channel[:, :1]):
+        raise ConfigError(f"population {lif.name}: its bias varies within a channel; the trainer's conv layers "
+                          "hold one bias per channel")
+    return per_channel[:, 0].float()
+
+
+def checkpoint_from_graph(graph: Graph, settings: dict[str, Any], source: str,
+                          origin: dict[str, Any] | None = None) -> Checkpoint:
+    """A checkpoint holding a float network made elsewhere (e.g. imported from NIR), so that
+    export, run and compare take it like a trained one.
+
+    settings: the run config's other sections as raw mappings (data, encoding, training,
+    seed, output_dir; model-wide keys under 'model'); the layers come from the graph.
+    origin: where the network came from (file, hash, producer), recorded in the checkpoint.
+    Raises ConfigError (naming `source`) for what a run config cannot hold.
+    """
+    raw = {key: value for key, value in settings.items() if key != "model"}
+    try:
+        layers = layers_from_graph(graph)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    raw["model"] = {**settings.get("model", {}), "layers": layers}
+    config = config_from_dict(raw, source)
+    model = SpikingNetwork.from_config(config.model, tuple(graph.input.shape), source=source)
+    state = model.state_dict()
+    names = synapse_names_in_config(graph)
+    for node in graph.nodes:
+        if isinstance(node, Synapse):
+            state[f"nodes.{names[node.name]}.weight"] = torch.as_tensor(node.weight).float()
+        elif isinstance(node, LIF):
+            try:
+                state[f"nodes.{node.name}.bias"] = _population_bias(graph, node)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"{source}: the weights do not fit the network its layers describe: {exc}") from exc
+    return Checkpoint(config=config, input_shape=tuple(graph.input.shape), num_classes=graph.output_population.neurons,
+                      epochs_completed=0, model_state=model.state_dict(), optimizer_state=None,
+                      history=[], versions=package_versions(), origin=origin)
