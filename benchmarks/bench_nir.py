@@ -39,7 +39,7 @@ from netgraph.provenance import package_versions
 from spikedata import load_dataset
 from stbp_cli.pipeline import (emulator_run, export_checkpoint, export_nir, import_nir_checkpoint, lava_run,
                                trained_run)
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import float_graph, load_checkpoint
 from trainer.encoding import encode_split
 
 DT = 1e-4
@@ -62,7 +62,8 @@ def export_round_trip(checkpoint_path: str, workdir: Path) -> dict:
     spikes = encode_split(config.encoding.kind, test.inputs, config.encoding.time_steps, config.training.eval_seed)
     ours = trained_run(checkpoint, spikes).population_spikes
     path = workdir / (Path(checkpoint_path).parent.name + ".nir")
-    graph = export_nir(checkpoint_path, path, DT)
+    export_nir(checkpoint_path, path, DT)
+    graph = float_graph(checkpoint)
     back = nir.read(str(path))
     same = import_nir(back).graph
     identical = all(np.array_equal(getattr(n, f), getattr(same.node(n.name), f))
