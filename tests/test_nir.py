@@ -355,22 +355,35 @@ def test_dense_weights_carry_the_input_gain():
     assert isinstance(imported.node("fc"), Dense) and imported.node("lif").tau == 0.0
 
 
-@pytest.mark.lava
-def test_snntorch_model_deploys_through_the_cli_with_its_own_spikes_as_reference(tmp_path):
-    """The user's path: snnTorch -> NIR -> `stbp import` -> `stbp export` -> `stbp run
-    --save-input-spikes` -> the snnTorch module on those inputs -> `stbp compare --reference`:
-    emulator == Lava fixed_pt bit-exact, and snnTorch's own spikes equal the imported model's."""
-    pytest.importorskip("lava", reason="needs lava-nc")
-    pytest.importorskip("snntorch")
-    from snntorch.export_nir import export_to_nir
+def _framework_model(framework: str, path):
+    """(module, runner of the module on (samples, T, 64) spikes, dt) for an MLP 64-24-10 written to `path` as NIR."""
+    if framework == "snntorch":
+        from snntorch.export_nir import export_to_nir
 
+        net = _snntorch_mlp([64, 24, 10], beta=0.8, threshold=1.0, seed=1)
+        nir.write(str(path), export_to_nir(net, torch.zeros(64), model_name="snntorch"))
+        return lambda spikes: _run_snntorch_module(net, spikes), 1e-4
+    from norse.torch import to_nir
+
+    net = _norse_mlp([64, 24, 10], tau_mem_inv=200.0, threshold=1.0, seed=1)
+    nir.write(str(path), to_nir(net, torch.zeros(1, 64), dt=1.0))  # dt = 1: norse 1.1.0 writes tau = dt / tau_mem_inv
+    return lambda spikes: _run_norse_module(net, spikes), 1e-3
+
+
+@pytest.mark.lava
+@pytest.mark.parametrize("framework", ["snntorch", "norse"])
+def test_foreign_model_deploys_through_the_cli_with_its_own_spikes_as_reference(tmp_path, framework):
+    """The user's path: framework -> NIR -> `stbp import` -> `stbp export` -> `stbp run
+    --save-input-spikes` -> the framework's module on those inputs -> `stbp compare --reference`:
+    emulator == Lava fixed_pt bit-exact, and the framework's own spikes equal the imported model's."""
+    pytest.importorskip("lava", reason="needs lava-nc")
+    pytest.importorskip(framework)
     from stbp_cli.main import main
 
-    net = _snntorch_mlp([64, 24, 10], beta=0.8, threshold=1.0, seed=1)
-    nir_path = tmp_path / "snn.nir"
-    nir.write(str(nir_path), export_to_nir(net, torch.zeros(64), model_name="snntorch"))
+    nir_path = tmp_path / "model.nir"
+    run_source, dt = _framework_model(framework, nir_path)
     out = tmp_path / "imported"
-    assert main(["import", str(nir_path), "-o", str(out), "--data", "digits", "--time-steps", "8", "--dt", "1e-4"]) == 0
+    assert main(["import", str(nir_path), "-o", str(out), "--data", "digits", "--time-steps", "8", "--dt", str(dt)]) == 0
     checkpoint, artifact = out / "checkpoint.safetensors", out / "net.onnx"
     assert main(["export", str(checkpoint), "-o", str(artifact)]) == 0
     inputs = tmp_path / "inputs.npz"
@@ -378,8 +391,8 @@ def test_snntorch_model_deploys_through_the_cli_with_its_own_spikes_as_reference
                  "--no-progress"]) == 0
     with np.load(inputs) as data:
         spikes, labels = data["input_spikes"], data["labels"]
-    theirs = _run_snntorch_module(net, spikes.reshape(len(spikes), spikes.shape[1], -1))
-    reference = tmp_path / "snntorch_spikes.npz"
+    theirs = run_source(spikes.reshape(len(spikes), spikes.shape[1], -1))
+    reference = tmp_path / "source_spikes.npz"
     np.savez(reference, **theirs)  # keyed by the NIR node names '1' and '3'
     report = tmp_path / "fidelity.json"
     assert main(["compare", str(checkpoint), str(artifact), "--limit", "40", "--reference", str(reference),
@@ -387,6 +400,7 @@ def test_snntorch_model_deploys_through_the_cli_with_its_own_spikes_as_reference
                  "--no-progress"]) == 0
     result = json.loads(report.read_text())
     assert result["bit_exact_emulator_vs_lava_fixed"] is True
+    assert theirs["3"].any()
     expected_accuracy = float((np.argmax(theirs["3"].sum(axis=1), axis=1) == labels).mean())
     assert result["accuracy"]["reference"] == pytest.approx(expected_accuracy)
     pair = next(p for p in result["pairs"] if (p["reference"], p["candidate"]) == ("reference", "trained"))
