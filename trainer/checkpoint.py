@@ -168,7 +168,14 @@ def build_model(checkpoint: Checkpoint) -> SpikingNetwork:
 
 
 def float_graph(checkpoint: Checkpoint) -> Graph:
-    """The checkpoint's network graph with its trained float parameters (for the exporter)."""
+    """The checkpoint's network graph with its trained float parameters (for the exporter).
+    Refuses a network trained with a refractory period, which the graph's LIF (and Lava
+    0.10.0's fixed-point LIF) does not have."""
+    training = checkpoint.config.training
+    if training.method == "hm2bp" and training.hm2bp.refractory_steps:
+        raise CheckpointError(f"{checkpoint.path}: trained with a refractory period of {training.hm2bp.refractory_steps} "
+                              "steps (training.hm2bp.refractory_steps), which Lava 0.10.0's fixed-point LIF cannot run; "
+                              "train the deployable variant (refractory_steps: 0) to export it")
     return build_model(checkpoint).float_graph()
 
 

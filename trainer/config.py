@@ -24,6 +24,7 @@ INPUT_NAME = "input"  # what `inputs` calls the network's input
 RESERVED_NAMES = (INPUT_NAME, "output")
 LAYER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # graph node names built from it stay below 200
 LOSSES = ("mse", "ce")
+METHODS = ("stbp", "hm2bp")
 INITS = ("pytorch", "paper")
 
 
@@ -115,7 +116,24 @@ class EncodingConfig:
 
 
 @dataclass(frozen=True)
+class HM2BPConfig:
+    """HM2-BP's rate-coded loss (Jin, Zhang & Li 2018, eq. 1 with the authors' margin): over
+    the T steps the label neuron should fire `desired_count` times and every other output
+    neuron `undesired_count` times; a count within `margin` of its target has no error.
+    refractory_steps: steps the potential is held at 0 after a spike (the paper's neuron has
+    2); Lava 0.10.0's fixed-point LIF has no refractory period, so only 0 deploys."""
+
+    desired_count: float = 35.0
+    undesired_count: float = 5.0
+    margin: float = 5.0
+    refractory_steps: int = 0
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
+    # 'stbp' (surrogate-gradient BPTT, the default) or 'hm2bp' (trainer.hm2bp).
+    method: str = "stbp"
+    hm2bp: HM2BPConfig = field(default_factory=HM2BPConfig)
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -365,6 +383,38 @@ def _model_config(m: dict, w: str) -> ModelConfig:
     )
 
 
+def _hm2bp_config(h: dict, w: str) -> HM2BPConfig:
+    _check_keys(h, {f.name for f in dataclasses.fields(HM2BPConfig)}, w)
+    config = HM2BPConfig(
+        desired_count=_get(h, "desired_count", w, float, 35.0),
+        undesired_count=_get(h, "undesired_count", w, float, 5.0),
+        margin=_get(h, "margin", w, float, 5.0),
+        refractory_steps=_get(h, "refractory_steps", w, int, 0),
+    )
+    if not (math.isfinite(config.desired_count) and math.isfinite(config.undesired_count)
+            and 0 <= config.undesired_count < config.desired_count):
+        raise ConfigError(f"{w}: needs 0 <= undesired_count < desired_count, got {config.undesired_count} and "
+                          f"{config.desired_count}")
+    if not (math.isfinite(config.margin) and config.margin >= 0):
+        raise ConfigError(f"{w}.margin: must be a finite number >= 0, got {config.margin}")
+    if config.refractory_steps < 0:
+        raise ConfigError(f"{w}.refractory_steps: must be >= 0, got {config.refractory_steps}")
+    return config
+
+
+def _check_hm2bp_network(model: ModelConfig, hm2bp: HM2BPConfig, time_steps: int, source: str) -> None:
+    """HM2-BP (as published and as built here) trains fully connected feed-forward chains."""
+    for i, layer in enumerate(model.layers):
+        expected = model.layers[i - 1].name if i else INPUT_NAME
+        if layer.type != "dense" or [(inp.source, inp.recurrent) for inp in layer.inputs] != [(expected, False)]:
+            raise ConfigError(f"{source}: model.layers[{i}]: training.method 'hm2bp' trains dense layers that each "
+                              f"read only the layer before (a feed-forward chain); layer {layer.name!r} does not")
+    most = math.ceil(time_steps / (1 + hm2bp.refractory_steps))  # spikes at 0, 1 + R, 2 (1 + R), ...
+    if hm2bp.desired_count > most:
+        raise ConfigError(f"{source}: training.hm2bp.desired_count: {hm2bp.desired_count} spikes cannot fit in "
+                          f"{time_steps} steps with a refractory period of {hm2bp.refractory_steps}")
+
+
 def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
     """Builds a validated RunConfig; `source` (a file name) prefixes every error."""
     if not isinstance(raw, dict):
@@ -401,6 +451,8 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
     if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
         raise ConfigError(f"{w}.device: expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     training = TrainingConfig(
+        method=_choice(_get(t, "method", w, str, "stbp"), METHODS, f"{w}.method"),
+        hm2bp=_hm2bp_config(_section(t, "hm2bp", w), f"{w}.hm2bp"),
         epochs=_positive_int(_get(t, "epochs", w, int, 10), f"{w}.epochs"),
         batch_size=_positive_int(_get(t, "batch_size", w, int, 64), f"{w}.batch_size"),
         learning_rate=_finite_positive(_get(t, "learning_rate", w, float, 1e-3), f"{w}.learning_rate"),
@@ -408,6 +460,8 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         device=device,
         eval_seed=_get(t, "eval_seed", w, int, 12345),
     )
+    if training.method == "hm2bp":
+        _check_hm2bp_network(model, training.hm2bp, encoding.time_steps, source)
     return RunConfig(
         model=model,
         data=data,

@@ -1,4 +1,5 @@
-"""The STBP training loop: Adam on the paper's rate-MSE loss (or cross-entropy on counts).
+"""The training loop: Adam on STBP's rate-MSE loss (or cross-entropy on counts) through the
+surrogate-gradient backward pass, or on HM2-BP's rate-coded loss and gradient (trainer.hm2bp).
 
 Deterministic under `config.seed`: each epoch's shuffling and input encoding come from
 random streams derived from (seed, epoch), so a run resumed from its end-of-epoch
@@ -23,6 +24,7 @@ from spikedata import Dataset, Split, load_dataset
 from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from trainer.config import RunConfig
 from trainer.encoding import encode, iter_encoded_batches
+from trainer import hm2bp
 from trainer.network import SpikingNetwork
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -61,7 +63,8 @@ def evaluate(
         for start in range(0, len(spikes), batch_size):
             batch = spikes[start : start + batch_size].to(device)
             labels = torch.from_numpy(split.labels[window][start : start + batch_size]).to(device)
-            out = model(batch)
+            out = (hm2bp.forward(model, batch, config.training.hm2bp) if config.training.method == "hm2bp"
+                   else model(batch))
             correct += int((predict_classes(out.output_spikes) == labels).sum())
             rates += np.array([float(s.sum()) / s[0].numel() for s in out.population_spikes.values()])
     n = len(split.labels)
@@ -146,12 +149,15 @@ def _train_epoch(model: SpikingNetwork, optimizer, config: RunConfig, inputs: to
         index = order[start : start + batch_size]
         batch_labels = labels[index]
         spikes = encode(config.encoding.kind, inputs[index], config.encoding.time_steps, encoder_rng)
-        out = model(spikes)
-        loss = loss_fn(config.training.loss, out.output_spikes, batch_labels, num_classes)
+        optimizer.zero_grad(set_to_none=True)
+        if config.training.method == "hm2bp":
+            loss, out = hm2bp.train_step(model, spikes, batch_labels, config.training.hm2bp)
+        else:
+            out = model(spikes)
+            loss = loss_fn(config.training.loss, out.output_spikes, batch_labels, num_classes)
+            loss.backward()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {float(loss)} in epoch {epoch + 1}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         optimizer.step()
         with torch.no_grad():
             loss_sum += float(loss) * len(index)
@@ -186,6 +192,8 @@ def train(
     start_epoch, history = 0, []
     if resume is not None:
         start_epoch, history = _resume(resume, config, model, optimizer, log)
+    if config.training.method == "hm2bp":
+        hm2bp.prepare(model)
 
     checkpoint_path = Path(config.output_dir) / CHECKPOINT_NAME
     train_inputs = torch.from_numpy(dataset.train.inputs).to(device)
