@@ -244,3 +244,14 @@ def test_hm2bp_network_deploys_bit_exact_with_a_trained_current_decay(tmp_path):
     for name, expected in emulated.population_spikes.items():
         assert expected.any(), name
         np.testing.assert_array_equal(on_lava.population_spikes[name], expected, err_msg=name)
+
+
+def test_inverse_sqrt_schedule_follows_the_epoch():
+    from trainer.train import epoch_learning_rate
+
+    counts = {"desired_count": 6}
+    config = config_from_dict(_config(learning_rate=0.004, lr_schedule="inverse_sqrt", hm2bp=counts))
+    assert [epoch_learning_rate(config, e) for e in (0, 3, 15)] == [0.004, 0.002, 0.001]
+    assert epoch_learning_rate(config_from_dict(_config(learning_rate=0.004, hm2bp=counts)), 15) == 0.004
+    with pytest.raises(ConfigError, match="training.lr_schedule"):
+        config_from_dict(_config(lr_schedule="cosine", hm2bp=counts))

@@ -25,6 +25,7 @@ RESERVED_NAMES = (INPUT_NAME, "output")
 LAYER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # graph node names built from it stay below 200
 LOSSES = ("mse", "ce")
 METHODS = ("stbp", "hm2bp")
+LR_SCHEDULES = ("constant", "inverse_sqrt")
 INITS = ("pytorch", "paper")
 
 
@@ -137,6 +138,8 @@ class TrainingConfig:
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
+    # 'inverse_sqrt': epoch e (from 1) trains at learning_rate / sqrt(e), as the HM2-BP authors' code does.
+    lr_schedule: str = "constant"
     loss: str = "mse"
     # 'auto' picks CUDA when available.
     device: str = "auto"
@@ -456,6 +459,7 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         epochs=_positive_int(_get(t, "epochs", w, int, 10), f"{w}.epochs"),
         batch_size=_positive_int(_get(t, "batch_size", w, int, 64), f"{w}.batch_size"),
         learning_rate=_finite_positive(_get(t, "learning_rate", w, float, 1e-3), f"{w}.learning_rate"),
+        lr_schedule=_choice(_get(t, "lr_schedule", w, str, "constant"), LR_SCHEDULES, f"{w}.lr_schedule"),
         loss=_choice(_get(t, "loss", w, str, "mse"), LOSSES, f"{w}.loss"),
         device=device,
         eval_seed=_get(t, "eval_seed", w, int, 12345),

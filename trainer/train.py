@@ -8,6 +8,7 @@ checkpoint continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,12 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"training.device is {name!r} but no CUDA device is available")
     return device
+
+
+def epoch_learning_rate(config: RunConfig, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (from 0) under training.lr_schedule."""
+    base = config.training.learning_rate
+    return base / math.sqrt(epoch + 1) if config.training.lr_schedule == "inverse_sqrt" else base
 
 
 def loss_fn(kind: str, output_spikes: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -200,6 +207,8 @@ def train(
     train_labels = torch.from_numpy(dataset.train.labels).to(device)
     versions = package_versions()
     for epoch in range(start_epoch, config.training.epochs):
+        for group in optimizer.param_groups:  # from the epoch alone, so a resumed run continues the schedule
+            group["lr"] = epoch_learning_rate(config, epoch)
         record = _train_epoch(model, optimizer, config, train_inputs, train_labels, dataset.num_classes, epoch,
                               progress)
         test = evaluate(model, config, dataset.test, device)
