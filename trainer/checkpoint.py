@@ -174,8 +174,9 @@ def float_graph(checkpoint: Checkpoint) -> Graph:
     training = checkpoint.config.training
     if training.method == "hm2bp" and training.hm2bp.refractory_steps:
         raise CheckpointError(f"{checkpoint.path}: trained with a refractory period of {training.hm2bp.refractory_steps} "
-                              "steps (training.hm2bp.refractory_steps), which Lava 0.10.0's fixed-point LIF cannot run; "
-                              "train the deployable variant (refractory_steps: 0) to export it")
+                              "steps (training.hm2bp.refractory_steps), which the network graph cannot hold (nor NIR's "
+                              "LIF, nor Lava 0.10.0's fixed-point LIF); train the deployable variant (refractory_steps: 0) "
+                              "to export it")
     return build_model(checkpoint).float_graph()
 
 
