@@ -306,9 +306,9 @@ class _Importer:
         tau, tau_current = self.uniform(key, "tau" if isinstance(node, nir.LIF) else "tau_mem", step.tau), \
             self.uniform(key, "tau_syn", step.tau_current)
         if not (0 <= tau <= 1 and 0 <= tau_current < 1):
-            raise self.error(key, f"at dt = {self.dt:g} s the decays per step are {tau:g} (voltage) and {tau_current:g} "
-                                  "(current); time constants shorter than dt do not step stably. Pass the dt it was "
-                                  "trained with (--dt)")
+            decays = f"{tau:g} (voltage)" + (f" and {tau_current:g} (current)" if step.current_based else "")
+            raise self.error(key, f"at dt = {self.dt:g} s the decay per step is {decays}; time constants shorter than "
+                                  "dt do not step stably. Pass the dt it was trained with (--dt)")
         if np.any(step.v_reset.ravel() != 0):
             raise self.error(key, "v_reset must be 0: Loihi (and Lava's LIF) reset the potential to 0")
         threshold = step.v_threshold.ravel()

@@ -123,7 +123,8 @@ class FidelityReport:
         lines = [f"fidelity on {self.samples} samples, T = {self.time_steps}", "",
                  f"{'backend':<12}{'accuracy':>10}{'samples/s':>12}"]
         for name, acc in self.accuracy.items():
-            lines.append(f"{name:<12}{100 * acc:>9.2f}%{self.samples_per_s.get(name, math.nan):>12.1f}")
+            rate = self.samples_per_s.get(name, math.nan)
+            lines.append(f"{name:<12}{100 * acc:>9.2f}%" + (f"{rate:>12.1f}" if math.isfinite(rate) else f"{'-':>12}"))
         lines.append("(samples/s: trained and emulator count computation only; Lava counts its whole run, "
                      "building and starting the runtime included)")
         lines.append("")

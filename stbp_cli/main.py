@@ -225,6 +225,7 @@ def _cmd_run(args) -> int:
     if args.save_input_spikes:
         with atomic_write(args.save_input_spikes) as handle:
             np.savez_compressed(handle, input_spikes=spikes, labels=split.labels)
+        print(f"input spikes {spikes.shape} and labels: {args.save_input_spikes}")
     started = time.perf_counter()
     if args.backend == "emulator":
         output = emulate(network, spikes, progress=not args.no_progress).output_spikes
@@ -269,7 +270,8 @@ def _add_compare(sub) -> None:
                    help="fail (exit 1) unless the emulator and Lava fixed_pt agree on every spike")
     p.add_argument("--reference", metavar="NPZ",
                    help="spikes the source framework recorded on the inputs `stbp run --save-input-spikes` wrote: one "
-                        "(samples, T, neurons) array per population (NIR node name, population name or 'output')")
+                        "(samples, T, neurons) array per population (NIR node name, population name or 'output'); "
+                        "compared and reported, not gated")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_compare)
 

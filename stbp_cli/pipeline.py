@@ -166,7 +166,8 @@ def load_reference(path: str | Path, graph: Graph, origin: dict | None, samples_
         expected = (*samples_steps, populations[name].neurons)
         if array.ndim < 3 or array.shape[:2] != samples_steps or math.prod(array.shape[2:]) != expected[2]:
             raise FidelityError(f"{path}: array {key!r} has shape {array.shape}; expected (samples, T, neurons) = "
-                                f"{expected} for population {name}")
+                                f"{expected} for population {name} (record it on the inputs `stbp run "
+                                "--save-input-spikes` wrote, with the same --limit)")
         if not np.isin(array, (0, 1)).all():
             raise FidelityError(f"{path}: array {key!r} holds values other than 0 and 1")
         recorded[name] = array.reshape(expected).astype(np.uint8)

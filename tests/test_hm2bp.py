@@ -158,7 +158,10 @@ def test_hm2bp_config_is_checked():
         (_config(hm2bp={"margin": -1}), "margin: must be"),
         (_config(method="hmm"), "training.method"),
         ({**_config(), "model": {"layers": [{"type": "conv", "channels": 2, "kernel_size": 3},
-                                            {"type": "dense", "units": 10}]}}, "feed-forward chain"),
+                                            {"type": "dense", "units": 10}]}}, "is a conv layer"),
+        ({**_config(), "model": {"layers": [{"name": "h", "type": "dense", "units": 8,
+                                             "inputs": ["input", {"source": "h", "recurrent": True}]},
+                                            {"type": "dense", "units": 10}]}}, "feed-forward chains"),
     ]
     for raw, message in bad:
         with pytest.raises(ConfigError, match=message):

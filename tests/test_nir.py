@@ -281,7 +281,7 @@ def _lif_graph(**overrides) -> nir.NIRGraph:
 @pytest.mark.parametrize("graph, message", [
     (_lif_graph(v_reset=np.full(3, 0.1)), "node 'lif': v_reset must be 0"),
     (_lif_graph(tau=np.array([1e-3, 2e-3, 1e-3])), "node 'lif': tau differs between neurons"),
-    (_lif_graph(tau=np.full(3, 1e-5)), "node 'lif': at dt = 0.0001 s the decays per step are -9"),
+    (_lif_graph(tau=np.full(3, 1e-5)), "node 'lif': at dt = 0.0001 s the decay per step is -9"),
     (_lif_graph(v_threshold=np.array([1.0, -1.0, 1.0])), "node 'lif': v_threshold must be finite and positive"),
 ], ids=["v_reset", "per-neuron tau", "tau below dt", "negative threshold"])
 def test_unmappable_neuron_fields_are_refused_by_name(graph, message):

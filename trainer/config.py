@@ -409,9 +409,12 @@ def _check_hm2bp_network(model: ModelConfig, hm2bp: HM2BPConfig, time_steps: int
     """HM2-BP (as published and as built here) trains fully connected feed-forward chains."""
     for i, layer in enumerate(model.layers):
         expected = model.layers[i - 1].name if i else INPUT_NAME
-        if layer.type != "dense" or [(inp.source, inp.recurrent) for inp in layer.inputs] != [(expected, False)]:
-            raise ConfigError(f"{source}: model.layers[{i}]: training.method 'hm2bp' trains dense layers that each "
-                              f"read only the layer before (a feed-forward chain); layer {layer.name!r} does not")
+        if layer.type != "dense":
+            raise ConfigError(f"{source}: model.layers[{i}]: training.method 'hm2bp' trains dense layers only; layer "
+                              f"{layer.name!r} is a {layer.type} layer")
+        if [(inp.source, inp.recurrent) for inp in layer.inputs] != [(expected, False)]:
+            raise ConfigError(f"{source}: model.layers[{i}]: training.method 'hm2bp' trains feed-forward chains, each "
+                              f"layer reading only the one before; layer {layer.name!r} has other inputs")
     most = math.ceil(time_steps / (1 + hm2bp.refractory_steps))  # spikes at 0, 1 + R, 2 (1 + R), ...
     if hm2bp.desired_count > most:
         raise ConfigError(f"{source}: training.hm2bp.desired_count: {hm2bp.desired_count} spikes cannot fit in "
