@@ -34,7 +34,7 @@ from export.hw_config import resolve_hardware_config
 from interchange.frameworks import FrameworkError, run_norse, run_snntorch
 from interchange.nir_export import graph_to_nir
 from interchange.nir_import import import_nir
-from lava_backend.fidelity import REFERENCE, BackendRun, build_report
+from lava_backend.fidelity import REFERENCE, BackendRun, build_report, compare_pair
 from netgraph.provenance import package_versions
 from spikedata import load_dataset
 from stbp_cli.pipeline import (emulator_run, export_checkpoint, export_nir, import_nir_checkpoint, lava_run,
@@ -45,14 +45,12 @@ from trainer.encoding import encode_split
 DT = 1e-4
 
 
-def _agreement(ours: dict, theirs: dict) -> list[dict]:
-    rows = []
-    for name, mine in ours.items():
-        other = theirs[name]
-        rows.append({"population": name, "train_match": float((~(mine != other).any(axis=1)).mean()),
-                     "mismatched_spikes": int((mine != other).sum()), "spikes": int(mine.sum()),
-                     "rate_ours": float(mine.mean()), "rate_theirs": float(other.mean())})
-    return rows
+def _agreement(ours: BackendRun, theirs: dict[str, np.ndarray], framework: str) -> list[dict]:
+    """Population by population, the harness's own comparison (lava_backend.fidelity.compare_pair)."""
+    pair = compare_pair(ours, BackendRun(framework, theirs, ours.output, float("nan")), must_be_identical=False)
+    return [{"population": p.population, "train_match": p.spike_train_match, "mismatched_spikes": p.mismatched_spikes,
+             "spikes": int(ours.population_spikes[p.population].sum()), "rate_ours": p.reference_rate,
+             "rate_theirs": p.candidate_rate} for p in pair.populations]
 
 
 def export_round_trip(checkpoint_path: str, workdir: Path) -> dict:
@@ -60,7 +58,7 @@ def export_round_trip(checkpoint_path: str, workdir: Path) -> dict:
     config = checkpoint.config
     test = load_dataset(config.data.name, config.data.path, config.encoding.time_steps).test
     spikes = encode_split(config.encoding.kind, test.inputs, config.encoding.time_steps, config.training.eval_seed)
-    ours = trained_run(checkpoint, spikes).population_spikes
+    ours = trained_run(checkpoint, spikes)
     path = workdir / (Path(checkpoint_path).parent.name + ".nir")
     export_nir(checkpoint_path, path, DT)
     graph = float_graph(checkpoint)
@@ -77,7 +75,7 @@ def export_round_trip(checkpoint_path: str, workdir: Path) -> dict:
         started = time.perf_counter()
         try:
             theirs = run(copy.deepcopy(source))  # snnTorch's import rewrites the graph it is given
-            result["frameworks"][name] = {"populations": _agreement(ours, theirs),
+            result["frameworks"][name] = {"populations": _agreement(ours, theirs, name),
                                           "wall_s": round(time.perf_counter() - started, 2)}
         except FrameworkError as exc:
             result["frameworks"][name] = {"error": str(exc)[:300]}

@@ -52,14 +52,15 @@ def _record_hooks(module, names: list[str], leaf_types: tuple, store: dict) -> l
     return handles
 
 
-def _run(framework: str, module, spikes: np.ndarray, leaves: tuple, step, batch_size: int) -> dict[str, np.ndarray]:
+def _run(framework: str, module, graph: nir.NIRGraph, spikes: np.ndarray, leaves: tuple, step,
+         batch_size: int) -> dict[str, np.ndarray]:
     """Runs an imported module over spikes (samples, T, *input_shape) in batches, recording the
-    neuron modules named like the NIR graph's neuron nodes. step(module, x_t, state) -> state,
-    with state None at the start of each batch (every sample starts from rest)."""
+    modules named like the NIR graph's neuron nodes: uint8 (samples, T, neurons) per node.
+    step(module, x_t, state) -> state, with state None at the start of each batch (every
+    sample starts from rest). A node the framework did not run once per step is an error."""
     import torch  # torch: only needed when a framework runs
 
-    names = [name for name, _ in module.named_modules()]
-    names = sorted({path.rsplit(".", 1)[-1] for path in names})
+    names = neuron_names(graph)
     chunks = []
     _batch_flattens(module)
     with torch.no_grad():
@@ -76,18 +77,12 @@ def _run(framework: str, module, spikes: np.ndarray, leaves: tuple, step, batch_
             finally:
                 for handle in handles:
                     handle.remove()
-            chunks.append({name: np.stack(v, axis=1).reshape(len(batch), batch.shape[1], -1)
-                           for name, v in store.items()})
-    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]} if chunks else {}
-
-
-def _recorded(graph: nir.NIRGraph, spikes: np.ndarray, framework: str, recorded: dict) -> dict[str, np.ndarray]:
-    """The spikes of every neuron node of the graph; a node the framework did not run is an error."""
-    missing = [name for name in neuron_names(graph) if recorded.get(name, np.empty((0, 0))).shape[:2]
-               != spikes.shape[:2]]
-    if missing:
-        raise FrameworkError(f"{framework} did not run neuron node(s) {', '.join(missing)} once per time step")
-    return {name: recorded[name] for name in neuron_names(graph)}
+            missing = [name for name in names if len(store.get(name, ())) != batch.shape[1]]
+            if missing:
+                raise FrameworkError(f"{framework} did not run neuron node(s) {', '.join(missing)} once per time step")
+            chunks.append({name: np.stack(store[name], axis=1).reshape(len(batch), batch.shape[1], -1)
+                           for name in names})
+    return {name: np.concatenate([c[name] for c in chunks]) for name in names} if chunks else {}
 
 
 def run_snntorch(graph: nir.NIRGraph, spikes: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -109,7 +104,7 @@ def run_snntorch(graph: nir.NIRGraph, spikes: np.ndarray, batch_size: int = 256)
         net(x)
         return True
     leaves = (snntorch.Leaky, snntorch.Synaptic, snntorch.RLeaky, snntorch.RSynaptic)
-    return _recorded(graph, spikes, "snnTorch", _run("snnTorch", module, spikes, leaves, step, batch_size))
+    return _run("snnTorch", module, graph, spikes, leaves, step, batch_size)
 
 
 def run_norse(graph: nir.NIRGraph, spikes: np.ndarray, dt: float, batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -134,5 +129,4 @@ def run_norse(graph: nir.NIRGraph, spikes: np.ndarray, dt: float, batch_size: in
 
     def step(net, x, state):
         return net(x, state)[1]
-    return _recorded(graph, spikes, "norse", _run("norse", module, spikes, (LIFBoxCell, IAFCell, CubaLIF), step,
-                                                  batch_size))
+    return _run("norse", module, graph, spikes, (LIFBoxCell, IAFCell, CubaLIF), step, batch_size)

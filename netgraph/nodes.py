@@ -124,6 +124,14 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _check_dimensions(name: str, what: str, shape: tuple[int, ...]) -> None:
+    """A node's shape: at least one dimension, each a positive integer."""
+    if not shape:
+        raise GraphError(f"node {name}: {what} needs a shape")
+    for d in shape:
+        _positive_int(name, "every dimension of shape", d)
+
+
 def _positive_int(name: str, field: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise GraphError(f"node {name}: {field} must be a positive integer, got {value!r}")
@@ -141,10 +149,7 @@ class Input(Node):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.shape:
-            raise GraphError(f"node {self.name}: an input needs a shape")
-        for d in self.shape:
-            _positive_int(self.name, "every dimension of shape", d)
+        _check_dimensions(self.name, "an input", self.shape)
 
     def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
         return tuple(self.shape)
@@ -293,10 +298,7 @@ class LIF(Node):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.shape:
-            raise GraphError(f"node {self.name}: a LIF population needs a shape")
-        for d in self.shape:
-            _positive_int(self.name, "every dimension of shape", d)
+        _check_dimensions(self.name, "a LIF population", self.shape)
         for parameter, value in (("tau", self.tau), ("tau_current", self.tau_current)):
             if not (_is_real(value) and math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise GraphError(f"node {self.name}: {parameter} must lie in [0, 1], got {value!r}")

@@ -5,8 +5,10 @@ import dataclasses
 
 import numpy as np
 
+from export.emulator import emulate
 from export.hw_config import resolve_hardware_config
 from export.network import ExportedNetwork
+from lava_backend.runner import run_network  # imports lava only when a run is built
 from netgraph import (LIF, Conv2d, Dense, Edge, Graph, Input, Output, QuantizedLIF, QuantizedSynapse, Sum,
                       Synapse)
 from trainer.config import RunConfig, config_from_dict
@@ -115,3 +117,17 @@ def recurrent_structure(n_in=10, hidden=8, classes=4) -> Graph:
     edges = [Edge("input", "h_in"), Edge("h", "h_rec", recurrent=True), Edge("h_in", "h_sum"), Edge("h_rec", "h_sum"),
              Edge("h_sum", "h"), Edge("h", "out_in"), Edge("out_in", "out"), Edge("out", "output")]
     return Graph(tuple(nodes), tuple(edges))
+
+
+def assert_bit_exact(network: ExportedNetwork, spikes, require_firing: bool = False, **kwargs):
+    """Runs the emulator and Lava fixed_pt (run_network keyword arguments) on the same spikes and
+    asserts identical spikes in every population, in the same order; require_firing: each
+    population must fire somewhere, so that the comparison is not vacuous. Returns (emulated, lava)."""
+    emulated = emulate(network, spikes)
+    lava = run_network(network, spikes, mode="fixed_pt", progress=False, **kwargs)
+    assert list(lava.population_spikes) == list(emulated.population_spikes)
+    for name, expected in emulated.population_spikes.items():
+        np.testing.assert_array_equal(lava.population_spikes[name], expected, err_msg=f"population {name}")
+        if require_firing:
+            assert expected.sum() > 0, f"population {name} never fires: the comparison would be vacuous"
+    return emulated, lava

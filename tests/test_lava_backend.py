@@ -14,7 +14,7 @@ from export.emulator import emulate  # noqa: E402
 from export.network import ExportedNetwork  # noqa: E402
 from export.timing import deployment_timing  # noqa: E402
 from export.validate import ExportRangeError  # noqa: E402
-from helpers import (HW, _synapse_shape, chain_structure, integer_network, recurrent_structure,  # noqa: E402
+from helpers import (HW, _synapse_shape, assert_bit_exact, chain_structure, integer_network, recurrent_structure,  # noqa: E402
                      skip_structure)
 from lava_backend import runner  # noqa: E402
 from lava_backend.fidelity import BackendRun, build_report, check_gates, compare_pair  # noqa: E402
@@ -24,15 +24,6 @@ from netgraph import LIF, Conv2d, Dense, Edge, Graph, Input, Output, Sum, Synaps
 
 def random_chain(rng, sizes, time_steps, **kwargs) -> ExportedNetwork:
     return integer_network(chain_structure(sizes), time_steps, rng, **kwargs)
-
-
-def assert_bit_exact(network, spikes, **kwargs):
-    emulated = emulate(network, spikes)
-    lava = run_network(network, spikes, mode="fixed_pt", progress=False, **kwargs)
-    assert list(lava.population_spikes) == list(emulated.population_spikes)
-    for name, expected in emulated.population_spikes.items():
-        np.testing.assert_array_equal(lava.population_spikes[name], expected, err_msg=f"population {name}")
-    return emulated, lava
 
 
 # --------------------------------------------------------------------------- alignment (pure)

@@ -172,22 +172,28 @@ def _snntorch_mlp(sizes, beta, threshold, seed=0):
     return torch.nn.Sequential(*layers)
 
 
-def _run_snntorch_module(net, spikes: np.ndarray) -> dict[str, np.ndarray]:
-    """The original snnTorch module (not its NIR import) on spikes: hidden spikes by layer index."""
-    import snntorch as snn
-    from snntorch import utils
-
+def _record_module(net, spikes: np.ndarray, cells: tuple, step) -> dict[str, np.ndarray]:
+    """A framework's own Sequential-style module (not its NIR import) on spikes (samples, T, n):
+    the spikes of its `cells` by layer index, each (samples, T, neurons). step(net, x_t, state) -> state."""
     records: dict[str, list] = {}
-    leaky = [(str(i), m) for i, m in enumerate(net) if isinstance(m, snn.Leaky)]
-    handles = [m.register_forward_hook(lambda _m, _i, out, key=key: records.setdefault(key, []).append(
-        (out[0] if isinstance(out, tuple) else out).to(torch.uint8).numpy())) for key, m in leaky]
-    utils.reset(net)
+    handles = [m.register_forward_hook(lambda _m, _i, out, key=str(i): records.setdefault(key, []).append(
+        (out[0] if isinstance(out, tuple) else out).to(torch.uint8).numpy()))
+        for i, m in enumerate(net) if isinstance(m, cells)]
+    state = None
     with torch.no_grad():
         for t in range(spikes.shape[1]):
-            net(torch.from_numpy(spikes[:, t].astype(np.float32)))
+            state = step(net, torch.from_numpy(spikes[:, t].astype(np.float32)), state)
     for handle in handles:
         handle.remove()
     return {key: np.stack(value, axis=1) for key, value in records.items()}
+
+
+def _run_snntorch_module(net, spikes: np.ndarray) -> dict[str, np.ndarray]:
+    import snntorch as snn
+    from snntorch import utils
+
+    utils.reset(net)
+    return _record_module(net, spikes, (snn.Leaky,), lambda module, x, state: module(x))
 
 
 def test_snntorch_made_model_imports_and_spikes_like_its_source(tmp_path):
@@ -230,17 +236,7 @@ def _norse_mlp(sizes, tau_mem_inv, threshold, seed=0):
 def _run_norse_module(net, spikes):
     import norse.torch as norse
 
-    records: dict[str, list] = {}
-    cells = [(str(i), m) for i, m in enumerate(net) if isinstance(m, norse.LIFBoxCell)]
-    handles = [m.register_forward_hook(lambda _m, _i, out, key=key: records.setdefault(key, []).append(
-        out[0].to(torch.uint8).numpy())) for key, m in cells]
-    state = None
-    with torch.no_grad():
-        for t in range(spikes.shape[1]):
-            _, state = net(torch.from_numpy(spikes[:, t].astype(np.float32)), state)
-    for handle in handles:
-        handle.remove()
-    return {key: np.stack(value, axis=1) for key, value in records.items()}
+    return _record_module(net, spikes, (norse.LIFBoxCell,), lambda module, x, state: module(x, state)[1])
 
 
 @pytest.mark.parametrize("threshold", [1.0, np.linspace(0.6, 1.4, 20)], ids=["one threshold", "per-neuron"])

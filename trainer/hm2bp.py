@@ -189,18 +189,21 @@ def _chain(model) -> tuple[list[LIF], list[torch.nn.Parameter], list[torch.nn.Pa
     return populations, weights, [model.nodes[p.name].bias for p in populations]
 
 
-def _records(model, input_spikes: torch.Tensor, config: HM2BPConfig) -> list[LayerRecord]:
-    populations, weights, biases = _chain(model)
+def _records(chain, input_spikes: torch.Tensor, config: HM2BPConfig) -> list[LayerRecord]:
+    populations, weights, biases = chain
     return chain_forward(populations, [w.detach() for w in weights], [b.detach() for b in biases], input_spikes,
                          config.refractory_steps)
+
+
+def _output(model, records: list[LayerRecord]) -> NetworkOutput:
+    return NetworkOutput({p.name: r.spikes for p, r in zip(model.graph.populations, records)},
+                         model.graph.output_population.name)
 
 
 @torch.no_grad()
 def forward(model, input_spikes: torch.Tensor, config: HM2BPConfig) -> NetworkOutput:
     """The network's spikes with HM2-BP's neuron (its refractory period included)."""
-    records = _records(model, input_spikes, config)
-    return NetworkOutput({p.name: r.spikes for p, r in zip(model.graph.populations, records)},
-                         model.graph.output_population.name)
+    return _output(model, _records(_chain(model), input_spikes, config))
 
 
 def prepare(model) -> None:
@@ -214,13 +217,13 @@ def train_step(model, input_spikes: torch.Tensor, labels: torch.Tensor, config: 
                                                                                                         NetworkOutput]:
     """Runs the batch forward and stores HM2-BP's gradient in every weight's `.grad` (biases:
     none, so they stay 0). Returns (loss, the spikes of every population)."""
-    populations, weights, biases = _chain(model)
+    chain = _chain(model)
     with torch.no_grad():
-        records = _records(model, input_spikes, config)
+        records = _records(chain, input_spikes, config)
         loss, grads = gradients(records, labels, config)
+    _, weights, biases = chain
     for weight, grad in zip(weights, grads):
         weight.grad = grad
     for bias in biases:
         bias.grad = None  # the optimizer skips them: they stay 0
-    spikes = {p.name: r.spikes for p, r in zip(populations, records)}
-    return loss, NetworkOutput(spikes, model.graph.output_population.name)
+    return loss, _output(model, records)
