@@ -556,3 +556,21 @@ def test_reference_spikes_file_is_checked(tmp_path):
         write(path)
         with pytest.raises(FidelityError, match=f"{path.name}.*{message}|{message}"):
             load_reference(path, graph, origin, (5, 6))
+
+
+def test_cli_refuses_output_names_and_input_shapes_that_do_not_fit(tmp_path, capsys):
+    from stbp_cli.main import main
+
+    graph = float_chain([(np.ones((3, 64)), np.zeros(3))], (64,))
+    nir_path = tmp_path / "net.nir"
+    write_nir(graph, nir_path)
+    assert main(["import", str(nir_path), "-o", str(tmp_path / "ok"), "--data", "digits", "--time-steps", "4"]) == 0
+    checkpoint = tmp_path / "ok" / "checkpoint.safetensors"
+    assert main(["export", str(checkpoint), "--format", "nir", "-o", str(tmp_path / "x.ONNX")]) == 2
+    assert "x.ONNX: a NIR file should not be named .onnx" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--format", "netx", "-o", str(tmp_path / "y.onnx")]) == 2
+    assert "y.onnx: a netx file needs another suffix" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.nir"
+    write_nir(float_chain([(np.ones((3, 50)), np.zeros(3))], (50,)), wrong)
+    assert main(["import", str(wrong), "-o", str(tmp_path / "bad"), "--data", "digits", "--time-steps", "4"]) == 2
+    assert f"{wrong}: the network's input has shape (50,), the data set's samples (1, 8, 8)" in capsys.readouterr().err
