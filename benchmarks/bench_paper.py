@@ -24,6 +24,7 @@ import torch
 
 from export.emulator import emulate
 from export.hw_config import resolve_hardware_config
+from lava_backend.fidelity import BackendRun, compare_pair
 from netgraph.provenance import package_versions
 from stbp_cli.pipeline import export_checkpoint, trained_run
 from trainer.checkpoint import CheckpointError, load_checkpoint
@@ -103,6 +104,8 @@ def main() -> None:
         "quantization_flags": {r.name: {"never_fire": r.never_fire, "always_fire": r.always_fire,
                                         "activation_exceeds_16_bits": r.activation_exceeds_hw_bits}
                                for r in report.populations},
+        "depth": {r.name: r.depth for r in report.populations},
+        "cores_total": report.total_cores,
     })
     if args.lava_samples:
         from lava_backend.runner import run_network  # lava: only when Lava samples are asked for
@@ -110,13 +113,27 @@ def main() -> None:
         n = min(args.lava_samples, len(test.labels))
         lava = run_network(network, spikes[:n], mode="fixed_pt", record="all", progress=False)
         exact = all(np.array_equal(lava.population_spikes[name], emulated.population_spikes[name][:n])
-                    for name in lava.population_spikes)
+                    for name in lava.population_spikes) and (
+            lava.output_potential is None or np.array_equal(lava.output_potential, emulated.output_potential[:n]))
+        trained = trained_run(load_checkpoint(result.checkpoint_path), spikes[:n])
+        emulator_part = BackendRun("emulator", {k: v[:n] for k, v in emulated.population_spikes.items()},
+                                   emulated.output, 0.0, emulated.readout,
+                                   None if emulated.output_potential is None
+                                   else network.potential_in_trained_units(emulated.output_potential[:n]))
+        by_depth = compare_pair(trained, emulator_part, False)
         row.update({
             "lava_samples": n,
             "lava_fixed_accuracy": float((lava.predictions == test.labels[:n]).mean()),
             "emulator_accuracy_on_lava_samples": float((emulated.predictions[:n] == test.labels[:n]).mean()),
-            "float_accuracy_on_lava_samples": float((trained_run(load_checkpoint(result.checkpoint_path), spikes[:n])
-                                                     .predictions == test.labels[:n]).mean()),
+            "float_accuracy_on_lava_samples": float((trained.predictions == test.labels[:n]).mean()),
+            # quantization error growth with depth: trained vs emulator, population by population
+            "trained_vs_emulator_train_match": {p.population: round(p.spike_train_match, 4)
+                                                for p in by_depth.populations},
+            "trained_vs_emulator_count_r": {p.population: round(p.spike_count_correlation, 4)
+                                            for p in by_depth.populations},
+            "trained_vs_emulator_output_potential": None if by_depth.output_potential is None else {
+                "rms_difference": by_depth.output_potential.rms_difference,
+                "reference_rms": by_depth.output_potential.reference_rms},
             "lava_bit_exact_all_layers": exact,
             "lava_samples_per_s": round(lava.samples_per_s, 1),
         })

@@ -22,6 +22,7 @@ population's own spikes are listed among the graph outputs: ONNX's usual state-i
 state-out form, which keeps the ONNX graph acyclic.
 
 Model metadata: schema name and version, hw config, encoding, time steps, evaluation seed,
+the Output's readout (`output_readout`: spikes or potential; absent means spikes),
 the quantization report and the versions/seeds of the run that produced it.
 
 Reading needs onnx and numpy only (no torch). The loader rebuilds the network graph from
@@ -46,7 +47,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.hw_config import HardwareConfigError, hardware_config_from_dict
 from export.network import ExportedNetwork
 from export.validate import ExportRangeError, validate_network
-from netgraph import (LIF, Conv2d, Dense, Edge, Graph, GraphError, Input, Node, Output, QuantizedLIF,
+from netgraph import (LIF, READOUTS, Conv2d, Dense, Edge, Graph, GraphError, Input, Node, Output, QuantizedLIF,
                       QuantizedSynapse, Sum)
 from netgraph.nodes import NAME_PATTERN
 from netgraph.provenance import atomic_write
@@ -57,6 +58,9 @@ DOMAIN = "ai.stbp_loihi"
 DOMAIN_VERSION = 2
 STATE_SUFFIX = ".previous"
 _META_KEYS = ("schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed")
+# The Output's decision rule (netgraph.decision); optional, absent in artifacts written before it
+# existed, which all read spike counts. A metadata key, because ONNX's Identity takes no attributes.
+READOUT_KEY = "output_readout"
 # Provenance written by `stbp export` and read back by `stbp run` / `stbp compare`.
 _PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
     "source_checkpoint": (str,), "source_checkpoint_sha256": (str,), "training_config": (dict,),
@@ -163,6 +167,7 @@ def to_onnx(network: ExportedNetwork) -> onnx.ModelProto:
         "encoding": network.encoding,
         "time_steps": str(network.time_steps),
         "eval_seed": str(network.eval_seed),
+        READOUT_KEY: graph.output.readout,
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in network.metadata.items()},
     }
     helper.set_model_props(model, meta)
@@ -422,6 +427,10 @@ def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
     if missing:
         raise ArtifactError(f"{path}: metadata is incomplete: missing {', '.join(missing)}")
     fields: dict[str, Any] = {"encoding": meta["encoding"]}
+    readout = meta.get(READOUT_KEY, "spikes")
+    if readout not in READOUTS:
+        raise ArtifactError(f"{path}: metadata is invalid: '{READOUT_KEY}' must be one of {', '.join(READOUTS)}, "
+                            f"got {readout!r}")
     for key in ("time_steps", "eval_seed"):
         try:
             fields[key] = int(meta[key])
@@ -433,7 +442,7 @@ def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: metadata is invalid: {exc}") from exc
     extra = {}
     for key, value in meta.items():
-        if key not in _META_KEYS:
+        if key not in (*_META_KEYS, READOUT_KEY):
             try:
                 extra[key] = json.loads(value)
             except json.JSONDecodeError:
@@ -442,7 +451,7 @@ def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
             if expected is not None and not isinstance(extra[key], expected):
                 raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be "
                                     f"{' or '.join(t.__name__ for t in expected)}, got {type(extra[key]).__name__}")
-    return {**fields, "metadata": extra}
+    return {**fields, "metadata": extra, "readout": readout}
 
 
 def load_artifact(path: str | Path) -> ExportedNetwork:
@@ -455,6 +464,7 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
     except Exception as exc:  # onnx raises DecodeError and others
         raise ArtifactError(f"{path}: not a readable ONNX file ({exc})") from exc
     fields = _read_metadata({p.key: p.value for p in model.metadata_props}, path)
+    readout = fields.pop("readout")
     domains = {o.domain: o.version for o in model.opset_import}
     if domains.get(DOMAIN) != DOMAIN_VERSION:
         raise ArtifactError(f"{path}: needs opset {DOMAIN} version {DOMAIN_VERSION}, declares {domains.get(DOMAIN)}")
@@ -465,6 +475,7 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
         raise ArtifactError(f"{path}: onnx.checker refuses the model: {reason}") from exc
     try:
         nodes, edges = _read_nodes(model.graph, _initializers(model.graph))
+        nodes = [dataclasses.replace(n, readout=readout) if isinstance(n, Output) else n for n in nodes]
         graph = Graph(tuple(nodes), tuple(edges))
         _check_interface(model.graph, graph)
     except (ArtifactError, GraphError) as exc:

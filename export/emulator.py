@@ -24,18 +24,23 @@ from tqdm import tqdm
 from export.conv import conv_accumulate
 from export.fixed_point import FixedLIFParameters, effective_weights, lif_fixed_step, shift_activation
 from export.network import ExportedNetwork
-from netgraph import LIF, Conv2d, Edge, Input, Node, Output, Sum, Synapse, predict_classes
+from netgraph import LIF, Conv2d, Edge, Input, Node, Output, Sum, Synapse, predict
 
 FLOAT32_EXACT = 1 << 24
+POTENTIAL_KEY = "potential:"  # prefix of a non-spiking population's potentials in a batch's recordings
 
 
 @dataclass
 class EmulationResult:
     """Spikes of every LIF population, each uint8 (samples, time, neurons), in the graph's
-    order; `output` names the output population."""
+    order; `output` names the output population, `readout` the decision rule; for a
+    potential readout, `output_potential` is that population's v (int64 (samples, time,
+    neurons), Loihi units) after each step."""
 
     population_spikes: dict[str, np.ndarray]
     output: str
+    readout: str = "spikes"
+    output_potential: np.ndarray | None = None
 
     @property
     def output_spikes(self) -> np.ndarray:
@@ -43,7 +48,7 @@ class EmulationResult:
 
     @property
     def predictions(self) -> np.ndarray:
-        return predict_classes(self.output_spikes)
+        return predict(self.readout, self.output_spikes, self.output_potential)
 
 
 class _NumpyOps:
@@ -114,6 +119,7 @@ class _Simulation:
 
     def __init__(self, network: ExportedNetwork, ops):
         self.network, self.graph, self.ops = network, network.graph, ops
+        self.potentials: dict[str, object] = {}
         self.plan = self.graph.plan()
         self.synapses: dict[str, tuple] = {}
         for node in self.graph.nodes:
@@ -150,12 +156,18 @@ class _Simulation:
         return spikes, (u, v)
 
     def _population(self, node: LIF, activation):
+        """Spikes (batch, steps, neurons); a non-spiking population's potentials go to `self.potentials`."""
         batch, steps, neurons = activation.shape
         out = self.ops.zeros((batch, steps, neurons), np.uint8)
+        potentials = None if node.spiking else self.ops.zeros((batch, steps, neurons), np.int64)
         state = None
         for t in range(steps):
             spikes, state = self._population_step(node, activation[:, t], state)
             out[:, t] = spikes
+            if potentials is not None:
+                potentials[:, t] = state[1]
+        if potentials is not None:
+            self.potentials[node.name] = potentials
         return out
 
     # ---- running the plan
@@ -178,6 +190,8 @@ class _Simulation:
         return shifted
 
     def run(self, spikes: np.ndarray) -> dict[str, np.ndarray]:
+        """Spikes of every population, and under `potential:<name>` each non-spiking one's potentials."""
+        self.potentials: dict[str, object] = {}
         batch, steps = spikes.shape[:2]
         values = {self.graph.input.name: self.ops.spikes(spikes.reshape(batch, steps, -1))}
         for stage in self.plan:
@@ -190,7 +204,8 @@ class _Simulation:
             inputs = [self._delayed(values[e.source]) if e.recurrent else values[e.source]
                       for e in self.graph.inputs_of(node.name)]
             values[node.name], _ = self._evaluate(node, inputs, None, over_time=True)
-        return {lif.name: self.ops.to_numpy(values[lif.name]) for lif in self.graph.populations}
+        recorded = {lif.name: self.ops.to_numpy(values[lif.name]) for lif in self.graph.populations}
+        return {**recorded, **{POTENTIAL_KEY + name: self.ops.to_numpy(v) for name, v in self.potentials.items()}}
 
     def _cycle(self, members: tuple[str, ...], values: dict, batch: int, steps: int) -> None:
         """Steps one cycle of the graph through time (recurrent edges read the previous step)."""
@@ -236,5 +251,7 @@ def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "
     for start in tqdm(range(0, len(spikes), batch_size), desc="emulator", unit="batch", leave=False,
                       disable=not progress):
         chunks.append(simulation.run(spikes[start : start + batch_size].astype(np.uint8)))
-    populations = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
-    return EmulationResult(populations, network.graph.output_population.name)
+    recorded = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+    output = network.graph.output_population.name
+    populations = {name: array for name, array in recorded.items() if not name.startswith(POTENTIAL_KEY)}
+    return EmulationResult(populations, output, network.graph.output.readout, recorded.get(POTENTIAL_KEY + output))

@@ -15,9 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import numpy as np
 
+from export.conv import conv_accumulate
 from export.hw_config import HardwareConfig
+from netgraph import Conv2d, Node
 
 
 @dataclass(frozen=True)
@@ -90,3 +94,58 @@ def effective_weights(weights: np.ndarray, sign_mode: str, num_weight_bits: int,
 def shift_activation(accumulated, weight_exp: int):
     """Dense's output scaling: a << weight_exp if weight_exp > 0, else a >> -weight_exp (floor)."""
     return accumulated << weight_exp if weight_exp > 0 else accumulated >> -weight_exp
+
+
+def input_extremes(synapse: Node, weights: np.ndarray, source_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron: sum of its positive weights and sum of its negative weights (the largest
+    and smallest synaptic sum one step can bring, 0/1 spikes in), padding taken into account
+    for convs. weights: in the synapse's layout; integer weights give int64 sums, float
+    weights float64 sums, each (neurons,)."""
+    positive, negative = np.where(weights > 0, weights, 0), np.where(weights < 0, weights, 0)
+    if isinstance(synapse, Conv2d):
+        geometry = synapse.geometry(source_shape)
+        ones = np.ones((1, math.prod(source_shape)))
+        sums = (conv_accumulate(ones, positive, geometry)[0], conv_accumulate(ones, negative, geometry)[0])
+    else:
+        sums = (positive.sum(axis=1), negative.sum(axis=1))
+    if np.issubdtype(np.asarray(weights).dtype, np.integer):
+        return tuple(np.rint(total).astype(np.int64) for total in sums)
+    return tuple(np.asarray(total, np.float64) for total in sums)
+
+
+def _extreme_potential(activation: np.ndarray, params: FixedLIFParameters, time_steps: int, hw: HardwareConfig,
+                       pick) -> np.ndarray:
+    u = v = reached = np.zeros_like(activation)
+    for _ in range(time_steps):
+        u_next = decay(u, params.du + hw.du_offset, hw) + (activation << hw.activation_shift)
+        v_next = decay(v, params.dv + hw.dv_offset, hw) + u_next + effective_bias(params)
+        if np.array_equal(u_next, u) and np.array_equal(v_next, v):
+            break  # a fixed point: every later step repeats it
+        u, v = u_next, v_next
+        reached = pick(reached, v)
+    return reached
+
+
+def potential_extremes(largest_activation: np.ndarray, smallest_activation: np.ndarray, params: FixedLIFParameters,
+                       time_steps: int, hw: HardwareConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(highest, lowest) potential each neuron of a population that never fires can reach
+    within `time_steps` steps from zero state, when every step brings an activation between
+    `smallest_activation` and `largest_activation` (int64 (neurons,), after weight_exp).
+
+    The integer step is monotone in u, v and the activation (decay truncates toward zero),
+    so the largest input at every step gives the highest potential at every step; computed
+    without the 24-bit clip and wrap, so that a bound beyond them shows."""
+    return (_extreme_potential(largest_activation, params, time_steps, hw, np.maximum),
+            _extreme_potential(smallest_activation, params, time_steps, hw, np.minimum))
+
+
+def integrator_headroom(highest: np.ndarray, lowest: np.ndarray, vth: int, hw: HardwareConfig) -> str | None:
+    """Why a population that must never fire could fire or clip (None when it cannot): its
+    potential must stay at or below vth << vth_shift and above the 24-bit clip."""
+    firing_level, floor = vth << hw.vth_shift, -(hw.state_limit - 1)
+    top, bottom = int(highest.max(initial=0)), int(lowest.min(initial=0))
+    if top > firing_level:
+        return f"its potential can reach {top}, above its firing level {firing_level} (vth {vth} << {hw.vth_shift})"
+    if bottom < floor:
+        return f"its potential can fall to {bottom}, below the {hw.state_bits}-bit clip at {floor}"
+    return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from export.hw_config import HardwareConfig
 from netgraph import LIF, Graph
 
@@ -35,3 +37,9 @@ class ExportedNetwork:
     @property
     def num_outputs(self) -> int:
         return self.graph.output_population.neurons
+
+    def potential_in_trained_units(self, potential):
+        """The output population's integer potential (Loihi units: weight units << activation
+        shift) in the trained network's potential units: divided by scale * 2^activation_shift."""
+        q = self.graph.output_population.quantized
+        return np.asarray(potential, np.float64) / (q.scale * (1 << self.hardware.activation_shift))

@@ -15,6 +15,11 @@ hardware's activation shift A (= 6: v is in units of 2^-A weight units):
                v >= (vth << S) + 1; vth = round((Vth s 2^A - 1) / 2^S) puts that firing level
                nearest to Vth s 2^A (with A = S = 6: vth = round(Vth s - 2^-6)).
     reset      both reset v to 0 after a spike (STBP's factor (1 - o[t-1])).
+    never      a non-spiking population (Vth = inf, read through its potential) gets the
+               largest vth, and a scale low enough that no input can bring its potential to
+               that firing level nor to the 24-bit clip within the T steps of a sample (the
+               integer bound is checked, export.fixed_point.potential_extremes): on the chip
+               it is a LIF that provably never fires, so its potential is the trained one's.
 
 Every synapse into a population adds into the same potential, so they share its scale:
 s = min over its synapses of (largest weight magnitude of the synapse's sign mode) /
@@ -33,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from export.conv import conv_accumulate
-from export.fixed_point import FixedLIFParameters, lif_fixed_step
+from export.fixed_point import (FixedLIFParameters, input_extremes, integrator_headroom, lif_fixed_step,
+                                potential_extremes)
 from export.fold import fold_average_pools
 from export.hw_config import HardwareConfig
 from export.netx import NETX_BIAS_EXP, NETX_WEIGHT_MAX, check_netx
@@ -104,18 +110,6 @@ def _fit_or_fail(name: str, count: int, message: str, allow_clip: bool, notes: l
     notes.append(text)
 
 
-def input_extremes(synapse: Node, weights: np.ndarray, source_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per neuron: sum of its positive weights and sum of its negative weights (the largest
-    and smallest synaptic sum one step can bring), padding taken into account for convs."""
-    positive, negative = np.where(weights > 0, weights, 0), np.where(weights < 0, weights, 0)
-    if isinstance(synapse, Conv2d):
-        geometry = synapse.geometry(source_shape)
-        ones = np.ones((1, math.prod(source_shape)))
-        return (np.rint(conv_accumulate(ones, positive, geometry)[0]).astype(np.int64),
-                np.rint(conv_accumulate(ones, negative, geometry)[0]).astype(np.int64))
-    return positive.sum(axis=1).astype(np.int64), negative.sum(axis=1).astype(np.int64)
-
-
 def _firing_extremes(largest_sum: np.ndarray, smallest_sum: np.ndarray, params: FixedLIFParameters,
                      time_steps: int, hw: HardwareConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per neuron: (can never fire, fires every step whatever the input), from the integer step.
@@ -166,11 +160,55 @@ def _population_scale(population: LIF, weights: list[np.ndarray], hw: HardwareCo
             candidates.append(capacity / max_abs)
     if not candidates:  # every weight is zero: any scale works, keep the threshold in range
         low, high, _ = hw.weight_range("mixed", hw.num_weight_bits_max)
-        candidates.append(min(high, -low) / population.v_threshold)
+        candidates.append(min(high, -low) / (population.v_threshold if population.spiking else 1.0))
     scale = min(candidates)
+    if not population.spiking:  # its scale is bounded by its potential instead (_integrator_scale)
+        return scale
     # Keep the threshold within vth's bits (only for thresholds far above the weights).
     shift, vth_unit = 1 << hw.activation_shift, 1 << hw.vth_shift
     return min(scale, (hw.vth_max + 0.5) * vth_unit / (population.v_threshold * shift))
+
+
+def _float_potential_bound(population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
+                           graph: Graph, time_steps: int) -> float:
+    """The largest |potential| (trained units) a population without reset reaches in
+    `time_steps` steps, every positive (or every negative) input spiking at every step."""
+    largest = sum(input_extremes(s, w, graph.shape_of(e.source))[0] for (s, e), w in zip(synapses, weights))
+    smallest = sum(input_extremes(s, w, graph.shape_of(e.source))[1] for (s, e), w in zip(synapses, weights))
+    bias = np.asarray(population.bias, np.float64)
+    bound = 0.0
+    for drive in (np.asarray(largest, np.float64) + bias, np.asarray(smallest, np.float64) + bias):
+        u = v = np.zeros_like(drive)
+        for _ in range(time_steps):
+            u = population.tau_current * u + drive
+            v = population.tau * v + u
+            bound = max(bound, float(np.abs(v).max(initial=0.0)))
+    return bound
+
+
+def _integrator_scale(graph: Graph, population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
+                      scale: float, hw: HardwareConfig, time_steps: int, netx: bool) -> float:
+    """The largest scale <= `scale` at which the integer potential of a non-spiking population
+    provably stays below the largest firing level and above the clip (module docstring)."""
+    firing_level = hw.vth_max << hw.vth_shift
+    bound = _float_potential_bound(population, synapses, weights, graph, time_steps)
+    if bound > 0:
+        scale = min(scale, firing_level / ((1 << hw.activation_shift) * bound))
+    du, dv = _decays(population, hw, True, [])
+    for _ in range(200):  # rounding can add a little: lower the scale by 2% until the integer bound holds
+        largest = np.zeros(population.neurons, np.int64)
+        smallest = np.zeros(population.neurons, np.int64)
+        for (synapse, edge), w in zip(synapses, weights):
+            q, _ = _quantize_synapse(synapse, w, scale, hw, True, [], netx)
+            high, low = input_extremes(synapse, q.weight, graph.shape_of(edge.source))
+            largest, smallest = largest + high, smallest + low
+        bias_mant, bias_exp, _ = _bias(population, scale, hw, True, [], NETX_BIAS_EXP if netx else None)
+        params = FixedLIFParameters(du, dv, hw.vth_max, bias_mant, bias_exp)
+        if integrator_headroom(*potential_extremes(largest, smallest, params, time_steps, hw), hw.vth_max, hw) is None:
+            return scale
+        scale *= 0.98
+    raise ExportRangeError(f"node {population.name}: no weight scale keeps this non-spiking population's potential "
+                           f"below the firing level {firing_level} over {time_steps} steps")
 
 
 def _quantize_synapse(synapse: Node, weights: np.ndarray, scale: float, hw: HardwareConfig, allow_clip: bool,
@@ -273,18 +311,22 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
     _check_floats(population, synapses)
     weights = [np.asarray(s.weight, np.float64) for s, _ in synapses]
     scale = _population_scale(population, weights, hw, netx)
+    if not population.spiking:
+        scale = _integrator_scale(graph, population, synapses, weights, scale, hw, time_steps, netx)
     shift, vth_unit = 1 << hw.activation_shift, 1 << hw.vth_shift
 
     fed = _quantize_synapses(graph, population, synapses, weights, scale, hw, allow_clip, notes, netx)
     largest, smallest = fed.largest, fed.smallest
     split_weights, kernel_weights = fed.split_weights, fed.kernel_weights
 
-    vth = int(np.clip(round((population.v_threshold * scale * shift - 1.0) / vth_unit), 0, hw.vth_max))
+    vth = int(np.clip(round((population.v_threshold * scale * shift - 1.0) / vth_unit), 0, hw.vth_max)) \
+        if population.spiking else hw.vth_max
     bias_mant, bias_exp, n_bias_clipped = _bias(population, scale, hw, allow_clip, notes,
                                                 NETX_BIAS_EXP if netx else None)
     du, dv = _decays(population, hw, allow_clip, notes)
     params = FixedLIFParameters(du, dv, vth, bias_mant, bias_exp)
-    never, always = _firing_extremes(largest, smallest, params, time_steps, hw)
+    never, always = _firing_extremes(largest, smallest, params, time_steps, hw) if population.spiking else (
+        np.zeros(population.neurons, bool), np.zeros(population.neurons, bool))
     max_activation = int(max(largest.max(initial=0), -smallest.min(initial=0)))
     bias_eff = bias_mant << bias_exp
     tau_effective = (hw.decay_unity - dv - hw.dv_offset) / hw.decay_unity
@@ -296,7 +338,8 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
         name=population.name, synapses=tuple(fed.reports), scale=float(scale),
         bias_exp=bias_exp, bias_clipped=n_bias_clipped,
         bias_max_abs_error=float(np.abs(bias_eff / (scale * shift) - population.bias).max(initial=0.0)),
-        vth=vth, threshold_error=float((vth * vth_unit + 1) / (scale * shift) - population.v_threshold),
+        vth=vth, threshold_error=float((vth * vth_unit + 1) / (scale * shift) - population.v_threshold)
+        if population.spiking else 0.0, spiking=population.spiking,
         dv=dv, tau_effective=tau_effective, tau_error=tau_effective - population.tau,
         du=du, tau_current_effective=(hw.decay_unity - du - hw.du_offset) / hw.decay_unity,
         max_activation=max_activation,
@@ -338,8 +381,9 @@ def quantize_graph(graph: Graph, encoding: str, time_steps: int, eval_seed: int,
         timing = deployment_timing(deployed, hw.max_synaptic_delay)
     except TimingError as exc:
         raise ExportRangeError(str(exc)) from exc
-    reports = [dataclasses.replace(r, synapses=tuple(dataclasses.replace(s, delay=timing.delay[s.name])
-                                                      for s in r.synapses)) for r in reports]
+    reports = [dataclasses.replace(r, depth=timing.emit[r.name] - timing.emit[deployed.input.name],
+                                   synapses=tuple(dataclasses.replace(s, delay=timing.delay[s.name])
+                                                  for s in r.synapses)) for r in reports]
     total_cores = sum(r.cores_needed for r in reports)
     if total_cores > hw.cores_per_chip:
         notes.append(f"the network needs about {total_cores} cores (conv kernels shared), more than one {hw.name} "

@@ -54,6 +54,12 @@ class PopulationReport:
     synaptic_memory_bits: int  # over all cores_needed cores, kernels counted once per core
     cores_needed_unrolled: int
     fan_in_exceeds_core: bool
+    # False for a non-spiking population read through its potential (its vth is the largest,
+    # and the potential provably stays below it: export.quantize).
+    spiking: bool = True
+    # Synapse stages between the network input and this population on the chip (each adds a
+    # step of latency on Lava, export.timing): 1 for the first layer.
+    depth: int = 0
 
     @property
     def weights_clipped(self) -> int:
@@ -73,12 +79,20 @@ class QuantizationReport:
     def population(self, name: str) -> PopulationReport:
         return next(p for p in self.populations if p.name == name)
 
+    @property
+    def total_cores(self) -> int:
+        return sum(p.cores_needed for p in self.populations)
+
+    @property
+    def total_neurons(self) -> int:
+        return sum(p.neurons for p in self.populations)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def format_table(self) -> str:
         width = max([12] + [len(p.name) + 2 for p in self.populations])
-        header = (f"{'population':<{width}}{'sign':<7}{'scale':>9}{'w clip':>7}{'w maxerr':>10}{'b exp':>6}"
+        header = (f"{'population':<{width}}{'depth':>5} {'sign':<7}{'scale':>9}{'w clip':>7}{'w maxerr':>10}{'b exp':>6}"
                   f"{'b clip':>7}{'b maxerr':>10}{'vth':>7}{'vth err':>9}{'dv':>6}{'tau eff':>9}"
                   f"{'|a| max':>9}{'never':>7}{'always':>7}{'syn KiB':>9}{'cores':>6}{'unrl':>5}  flags")
         lines = [f"quantization report ({self.hardware})", header]
@@ -87,10 +101,12 @@ class QuantizationReport:
                                            ("v-may-saturate", r.voltage_may_saturate)) if on]
             if r.tau_current_effective > 0:
                 flags.append(f"current-based du={r.du}")
+            if not r.spiking:
+                flags.append("non-spiking (potential readout, cannot reach vth)")
             modes = sorted({s.sign_mode for s in r.synapses})
             signs = modes[0][:6] if len(modes) == 1 else "+".join(m[:3] for m in modes)
             lines.append(
-                f"{r.name:<{width}}{signs:<7}{r.scale:>9.2f}{r.weights_clipped:>7d}{r.weight_max_abs_error:>10.2e}"
+                f"{r.name:<{width}}{r.depth:>5d} {signs:<7}{r.scale:>9.2f}{r.weights_clipped:>7d}{r.weight_max_abs_error:>10.2e}"
                 f"{r.bias_exp:>6d}{r.bias_clipped:>7d}{r.bias_max_abs_error:>10.2e}{r.vth:>7d}{r.threshold_error:>9.1e}"
                 f"{r.dv:>6d}{r.tau_effective:>9.5f}{r.max_activation:>9d}{r.never_fire:>7d}{r.always_fire:>7d}"
                 f"{r.synaptic_memory_bits / 8192:>9.1f}{r.cores_needed:>6d}{r.cores_needed_unrolled:>5d}  "
@@ -101,7 +117,10 @@ class QuantizationReport:
                     lines.append(f"  <- {s.name} (from {s.source}): {s.sign_mode}, {s.weights_clipped} clipped, "
                                  f"max error {s.weight_max_abs_error:.2e}"
                                  + (f", delayed {s.delay} step(s) on Lava" if s.delay else ""))
-        lines.append("syn KiB, cores: synaptic memory and cores with each conv kernel stored once per core (shared "
+        lines.append(f"total: {len(self.populations)} populations, {self.total_neurons} neurons, "
+                     f"{sum(p.synaptic_memory_bits for p in self.populations) / 8192:.1f} KiB of synaptic memory, "
+                     f"about {self.total_cores} cores")
+        lines.append("depth: synapse stages from the input (one step of latency each on Lava); syn KiB, cores: synaptic memory and cores with each conv kernel stored once per core (shared "
                      "weights); unrl: cores with convs unrolled into per-neuron synapses (estimates, see hw config)")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

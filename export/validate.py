@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from export.fixed_point import (FixedLIFParameters, effective_weights, input_extremes, integrator_headroom,
+                                potential_extremes, shift_activation)
 from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.timing import TimingError, deployment_timing
@@ -75,6 +77,24 @@ def _validate_population(node: LIF, hw: HardwareConfig, name: str) -> None:
         raise ExportRangeError(f"{name}: scale must be a finite positive number, got {q.scale!r}")
 
 
+def _validate_integrator(network: ExportedNetwork, population: LIF, name: str) -> None:
+    """A non-spiking population must provably never fire nor clip: its potential is the readout."""
+    graph, hw, q = network.graph, network.hardware, population.quantized
+    largest = np.zeros(population.neurons, np.int64)
+    smallest = np.zeros(population.neurons, np.int64)
+    for synapse, edge in graph.synapses_into(population.name):
+        sq = synapse.quantized
+        weights = effective_weights(sq.weight, sq.sign_mode, sq.num_weight_bits, hw)
+        high, low = input_extremes(synapse, weights, graph.shape_of(edge.source))
+        largest = largest + shift_activation(high, sq.weight_exp)
+        smallest = smallest + shift_activation(low, sq.weight_exp)
+    params = FixedLIFParameters(q.du, q.dv, q.vth, np.asarray(q.bias_mant, np.int64), q.bias_exp)
+    problem = integrator_headroom(*potential_extremes(largest, smallest, params, network.time_steps, hw), q.vth, hw)
+    if problem:
+        raise ExportRangeError(f"{name}: never fires in the trained network (v_threshold inf, read through its "
+                               f"potential), but on the chip {problem} within {network.time_steps} steps")
+
+
 def validate_network(network: ExportedNetwork, where: str = "network") -> None:
     """Raises ExportRangeError naming `where`, the node and the parameter."""
     hw = network.hardware
@@ -89,6 +109,9 @@ def validate_network(network: ExportedNetwork, where: str = "network") -> None:
             _validate_synapse(node, hw, name)
         elif isinstance(node, LIF):
             _validate_population(node, hw, name)
+    for population in network.graph.populations:
+        if not population.spiking:
+            _validate_integrator(network, population, f"{where}: node {population.name} (LIF)")
     try:
         deployment_timing(network.graph, hw.max_synaptic_delay)
     except TimingError as exc:

@@ -133,6 +133,12 @@ def nir_neuron(population: LIF, dt: float, bias_as_leak: bool, r_convention: str
                            v_reset=full(0.0), w_in=full(tau_syn / dt))
     if bias_as_leak and tau >= 1 and np.any(bias):
         raise GraphError(f"node {population.name}: a non-leaking neuron (tau = 1) has no v_leak to carry its bias")
+    if not population.spiking:  # never fires (potential readout): NIR's leaky integrator, or integrator
+        if tau >= 1:
+            return nir.I(r=full(1 / dt))
+        tau_mem = dt / (1 - tau)
+        return nir.LI(tau=full(tau_mem), r=full(tau_mem / dt / synaptic_scale(population, r_convention)),
+                      v_leak=(bias / (1 - tau)).reshape(shape) if bias_as_leak else np.zeros(shape))
     if tau >= 1:
         return nir.IF(r=full(1 / dt), v_threshold=full(population.v_threshold), v_reset=full(0.0))
     tau_mem = dt / (1 - tau)

@@ -10,7 +10,9 @@ Backends (run by the caller, e.g. `stbp compare`, which composes the stages):
                  some populations (the output at least), and is compared on those
 
 Each record holds the spikes of every LIF population of the network graph, by node name,
-for one encoding of the test split. Emulator vs lava_fixed must match spike for spike: a
+for one encoding of the test split, and, for a network read through its output potential
+(netgraph.decision), that potential at every step in the trained network's units (the
+integer backends' divided by the population's scale, so bit-exact records stay equal). Emulator vs lava_fixed must match spike for spike: a
 mismatch is a defect of this toolchain or of Lava, never a tolerance. The other pairs
 differ by quantization (trained vs emulator) or float rounding order (trained vs
 lava_float) and are measured. This module only compares: it imports neither the trainer
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from netgraph import predict_classes
+from netgraph import predict
 from netgraph.provenance import atomic_write
 
 BACKENDS = ("trained", "emulator", "lava_fixed", "lava_float")
@@ -38,16 +40,30 @@ PAIRS = (("trained", "emulator", False), ("emulator", "lava_fixed", True), ("tra
 @dataclass
 class BackendRun:
     """One backend's spikes on the compared samples: uint8 (samples, T, neurons) per LIF
-    population, by node name in the graph's order; `output` names the output population."""
+    population, by node name in the graph's order; `output` names the output population,
+    `readout` the decision rule, `output_potential` (samples, T, neurons) float64 the output's
+    potential in trained units (potential readout only)."""
 
     name: str
     population_spikes: dict[str, np.ndarray]
     output: str
     samples_per_s: float
+    readout: str = "spikes"
+    output_potential: np.ndarray | None = None
 
     @property
     def predictions(self) -> np.ndarray:
-        return predict_classes(self.population_spikes[self.output])
+        return predict(self.readout, self.population_spikes[self.output], self.output_potential)
+
+
+@dataclass(frozen=True)
+class PotentialComparison:
+    """The output population's potentials of two backends (potential readout), trained units."""
+
+    equal: float  # fraction of (sample, step, neuron) values identical
+    max_abs_difference: float
+    rms_difference: float
+    reference_rms: float  # rms of the reference's potentials, the scale the differences compare with
 
 
 @dataclass(frozen=True)
@@ -79,10 +95,12 @@ class PairComparison:
     populations: tuple[PopulationComparison, ...]
     first_divergence: tuple[FirstDivergence, ...]  # per diverging sample, earliest (step, population)
     divergence_by_population: dict[str, int]
+    output_potential: PotentialComparison | None = None
 
     @property
     def identical(self) -> bool:
-        return all(p.mismatched_spikes == 0 for p in self.populations)
+        potentials_equal = self.output_potential is None or self.output_potential.equal == 1.0
+        return potentials_equal and all(p.mismatched_spikes == 0 for p in self.populations)
 
 
 @dataclass(frozen=True)
@@ -112,9 +130,9 @@ class FidelityReport:
 
     def to_dict(self, max_divergences: int = 100) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for pair in out["pairs"]:
+        for pair, compared in zip(out["pairs"], self.pairs):
             pair["first_divergence"] = pair["first_divergence"][:max_divergences]
-            pair["identical"] = all(p["mismatched_spikes"] == 0 for p in pair["populations"])
+            pair["identical"] = compared.identical
         out["deltas_pp"] = self.deltas()
         out["bit_exact_emulator_vs_lava_fixed"] = self.bit_exact
         return _json_safe(out)
@@ -140,6 +158,11 @@ class FidelityReport:
                              f"{p.spike_count_correlation:>9.4f}{p.reference_rate:>10.4f}"
                              f"{p.candidate_rate:>10.4f}{p.mismatched_spikes:>10d}{p.samples_diverging:>9d}")
                 label = ""
+            if pair.output_potential is not None:
+                v = pair.output_potential
+                lines.append(f"{'':<24}output potential: {100 * v.equal:.2f}% of values equal, max |difference| "
+                             f"{v.max_abs_difference:.4g}, rms {v.rms_difference:.4g} (rms of the potential "
+                             f"{v.reference_rms:.4g})")
             where = ", ".join(f"{k}: {v}" for k, v in pair.divergence_by_population.items()) or "none"
             lines.append(f"{'':<24}predictions changed: {pair.prediction_changes}; first divergence at {where}")
             if pair.first_divergence:
@@ -214,7 +237,21 @@ def compare_pair(reference: BackendRun, candidate: BackendRun, must_be_identical
         prediction_changes=int((reference.predictions != candidate.predictions).sum()),
         populations=tuple(compared), first_divergence=divergences,
         divergence_by_population={k: v for k, v in by_population.items() if v},
+        output_potential=_compare_potentials(reference, candidate),
     )
+
+
+def _compare_potentials(reference: BackendRun, candidate: BackendRun) -> PotentialComparison | None:
+    if reference.output_potential is None or candidate.output_potential is None:
+        return None
+    ref, cand = reference.output_potential, candidate.output_potential
+    if ref.shape != cand.shape:
+        raise ValueError(f"output potential: {reference.name} recorded {ref.shape}, {candidate.name} {cand.shape}")
+    difference = cand.astype(np.float64) - ref.astype(np.float64)
+    return PotentialComparison(equal=float((difference == 0).mean()),
+                               max_abs_difference=float(np.abs(difference).max(initial=0.0)),
+                               rms_difference=float(np.sqrt(np.mean(difference ** 2))),
+                               reference_rms=float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))))
 
 
 def _recorded_like(candidate: BackendRun, reference: BackendRun) -> BackendRun:
@@ -253,6 +290,8 @@ def check_gates(report: FidelityReport, max_accuracy_drop: float | None, require
         if not pair.identical:
             bad = [f"{p.population}: {p.mismatched_spikes} spikes in {p.samples_diverging} samples"
                    for p in pair.populations if p.mismatched_spikes]
+            if pair.output_potential is not None and pair.output_potential.equal < 1.0:
+                bad.append(f"output potential: {100 * (1 - pair.output_potential.equal):.2f}% of values")
             return "emulator and Lava fixed_pt differ (" + "; ".join(bad) + ")"
     if max_accuracy_drop is not None:
         deployed = deployed_backend(report.accuracy)

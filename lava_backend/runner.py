@@ -7,7 +7,9 @@ Graph, built from the artifact alone (no trainer import), one factory per node t
     Conv2d     Lava Conv (shared kernel), or as a Dense with the conv unrolled (see below)
     Sum        nothing: several synapses connected to one LIF's `a_in` are added by Lava
     LIF        LIFReset, zeroing u and v when a new sample's first input arrives
-    Output     the output population's recording
+    Output     the output population's recording: its spikes, or, for a potential readout
+               (netgraph.decision), its potential v read after every step through a RefPort
+               of the SpikeIO process (the population is a LIF that never fires, export.quantize)
 
 Timing. Lava's Dense sends at step t what it received at step t-1, so a population runs
 as many steps behind the input as there are Dense stages on its path (export.timing gives
@@ -79,7 +81,7 @@ from export.conv import conv_matrix
 from export.network import ExportedNetwork
 from export.timing import DeploymentTiming, deployment_timing
 from export.validate import validate_network
-from netgraph import LIF, Conv2d, Graph, Node, Synapse, predict_classes
+from netgraph import LIF, Conv2d, Graph, Node, Synapse, predict
 
 MODES = ("fixed_pt", "floating_pt")
 CONV_MAPPINGS = ("conv", "dense")
@@ -158,6 +160,9 @@ class LavaRunResult:
     notes: list[str] = field(default_factory=list)
     # Every Conv2d synapse -> "conv" (ran on Lava's Conv) or "dense" (ran as the unrolled Dense).
     conv_synapses: dict[str, str] = field(default_factory=dict)
+    readout: str = "spikes"
+    # Potential readout: the output population's v after each step (samples, T, neurons).
+    output_potential: np.ndarray | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -169,8 +174,8 @@ class LavaRunResult:
 
     @property
     def predictions(self) -> np.ndarray:
-        """Class with the most output spikes, ties to the lowest index (netgraph.predict_classes)."""
-        return predict_classes(self.output_spikes)
+        """The Output's decision rule (netgraph.decision) on what Lava recorded."""
+        return predict(self.readout, self.output_spikes, self.output_potential)
 
 
 def import_lava() -> None:
@@ -331,6 +336,7 @@ class _ShardGraph:
     workers: list = field(default_factory=list)  # this runtime's worker processes
     in_flight: bool = False  # a non-blocking run was started and not yet waited for
     broken: bool = False  # a worker died: the runtime can no longer be stopped politely
+    potential_path: Path | None = None  # where the output population's potentials land (potential readout)
 
     @property
     def steps_left(self) -> int:
@@ -355,11 +361,16 @@ def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record
     samples, steps = spikes.shape[:2]
     schedule = PipelineSchedule(samples, steps, {p.name: timing.emit[p.name] for p in graph.populations})
     flat = spikes.reshape(samples * steps, -1).astype(bool)
-    io_process, io_model = spike_io_classes(len(record))
+    output = graph.output_population
+    reads_potential = graph.output.readout == "potential"
+    io_process, io_model = spike_io_classes(len(record), reads_potential)
     paths = {name: workdir / f"shard{shard}_{name}.npy" for name in record}
+    potential_path = workdir / f"shard{shard}_{output.name}.potential.npy" if reads_potential else None
     io = io_process(packed=np.packbits(flat, axis=1), input_neurons=flat.shape[1],
                     record_sizes=[graph.node(name).neurons for name in record], steps=schedule.total_steps,
-                    output_paths=[str(paths[name]) for name in record], name=f"shard{shard}.io")
+                    output_paths=[str(paths[name]) for name in record],
+                    potential_size=output.neurons if reads_potential else 0,
+                    potential_path=str(potential_path or ""), name=f"shard{shard}.io")
     spikes_of = {graph.input.name: io.s_out}
     populations = {}
     for lif in graph.populations:
@@ -378,8 +389,10 @@ def _build_shard(network: ExportedNetwork, spikes: np.ndarray, mode: str, record
                 clears.setdefault(step, []).append(synapse)
     for index, name in enumerate(record):
         populations[name].s_out.connect(getattr(io, f"a_in{index}"))
+    if reads_potential:
+        io.v_ref.connect_var(populations[output.name].v)
     run_cfg = Loihi2SimCfg(select_tag=mode, exception_proc_model_map={io: io_model})  # keyed by instance
-    return _ShardGraph(io, paths, schedule, run_cfg, clears)
+    return _ShardGraph(io, paths, schedule, run_cfg, clears, potential_path=potential_path)
 
 
 def _clear_in_flight(graph: _ShardGraph) -> None:
@@ -538,6 +551,20 @@ def _collect(graphs: list[_ShardGraph], network: ExportedNetwork, record: list[s
     return {name: np.concatenate(parts) for name, parts in recordings.items()}
 
 
+def _collect_potential(graphs: list[_ShardGraph], network: ExportedNetwork, mode: str) -> np.ndarray | None:
+    """The output population's potentials (samples, T, neurons) in sample time (int64 in
+    fixed_pt, float64 in floating_pt), or None when the network reads spikes."""
+    if network.graph.output.readout != "potential":
+        return None
+    output, parts = network.graph.output_population.name, []
+    for graph in graphs:
+        if graph.potential_path is None or not graph.potential_path.is_file():
+            raise LavaRunError(f"Lava run ended without the potentials of the output population {output}")
+        parts.append(graph.schedule.align(np.load(graph.potential_path), output))
+    potentials = np.concatenate(parts)
+    return np.rint(potentials).astype(np.int64) if mode == "fixed_pt" else potentials
+
+
 def _run_shards(graphs: list[_ShardGraph], cpus: list[int], updates: int, bar, on_progress, run_steps
                 ) -> tuple[float, int]:
     """Runs every shard to its end, in parallel chunks, pausing where recurrent input must be
@@ -637,6 +664,7 @@ def run_network(
             setup_s, pauses = _run_shards(graphs, cpus, updates, bar, on_progress, RunSteps)
             wall = time.perf_counter() - started
             population_spikes = _collect(graphs, network, recorded)
+            output_potential = _collect_potential(graphs, network, mode)
         finally:
             if bar is not None:
                 bar.close()
@@ -646,4 +674,5 @@ def run_network(
         samples=len(spikes), shards=len(graphs), wall_s=wall, lava_steps=sum(g.schedule.total_steps for g in graphs),
         setup_s=setup_s, pauses=pauses, notes=notes,
         conv_synapses={name: "dense" if why else "conv" for name, why in convs.items()},
+        readout=network.graph.output.readout, output_potential=output_potential,
     )

@@ -11,7 +11,9 @@ Checks, each failing with GraphError naming the node or both ends of the edge:
 - names are unique; edges join existing nodes, at most once per pair;
 - exactly one Input and one Output; each node has as many inputs as its type takes, of a
   signal kind it accepts (a synapse reads spikes, a population reads one current, ...);
-- a current (Dense, Conv2d, Sum) feeds exactly one node, and the Output reads a LIF;
+- a current (Dense, Conv2d, Sum) feeds exactly one node, and the Output reads a LIF; a
+  non-spiking LIF (v_threshold inf) is read only by an Output with readout 'potential',
+  and such an Output reads only a non-spiking LIF;
 - cycles only through recurrent edges, which run from a LIF to a synapse;
 - every node lies on a path from the input to the output;
 - shapes agree across every edge (parameters included).
@@ -233,12 +235,25 @@ class Graph:
                                      "(Dense or Conv2d)")
             if isinstance(node, Output) and not isinstance(self._by_name[edges[0].source], LIF):
                 raise GraphError(f"edge {edges[0]}: the output must read a LIF population")
+            if isinstance(node, LIF) and not node.spiking:
+                self._check_non_spiking(node)
         for node in self.nodes:  # after every edge's kinds, so a wrong edge is named as such
             if node.emits == CURRENT and len(self._consumers[node.name]) != 1:
                 raise GraphError(f"node {node.name} ({node.kind}) emits a current, which must feed exactly one node; "
                                  f"it feeds {len(self._consumers[node.name])}")
             if isinstance(node, Output) and self._consumers[node.name]:
                 raise GraphError(f"node {node.name} (Output) cannot feed other nodes")
+            if isinstance(node, Output) and node.readout == "potential" and self._by_name[
+                    self._inputs[node.name][0].source].spiking:
+                raise GraphError(f"node {node.name}: a potential readout reads a non-spiking population (v_threshold "
+                                 f"inf); {self._inputs[node.name][0].source} fires")
+
+    def _check_non_spiking(self, population: LIF) -> None:
+        """A non-spiking population (v_threshold inf) is read only by an Output with a potential readout."""
+        readers = [self._by_name[e.target] for e in self._consumers[population.name]]
+        if len(readers) != 1 or not isinstance(readers[0], Output) or readers[0].readout != "potential":
+            raise GraphError(f"node {population.name}: a population that never fires (v_threshold inf) must be read "
+                             "only by the Output, with readout 'potential'")
 
     def _successors(self, all_edges: bool) -> dict[str, list[str]]:
         return {name: [e.target for e in self._consumers[name] if all_edges or not e.recurrent]

@@ -32,6 +32,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
+from netgraph.decision import READOUTS
 from netgraph.geometry import ConvGeometry, pooled_shape
 
 SPIKES, POOLED, CURRENT = "spikes", "pooled", "current"
@@ -283,7 +284,10 @@ class LIF(Node):
     tau: fraction of the potential kept per step (STBP's tau; Loihi's voltage decay dv).
     tau_current: fraction of the current kept per step; 0 (STBP) means the current is each
         step's input (Loihi's du = 4095); above 0 the neuron is current-based (CUBA).
-    v_threshold: Vth (> 0); bias: float (neurons,), in potential units.
+    v_threshold: Vth (> 0); bias: float (neurons,), in potential units. Vth = inf makes a
+        non-spiking population, a leaky integrator whose potential is the network's output
+        (only the population an Output with readout 'potential' reads; on Loihi a LIF whose
+        threshold its potential cannot reach, export.quantize).
     The trainer's float step is trainer.neuron, Loihi's integer step export.fixed_point.
     """
 
@@ -302,9 +306,9 @@ class LIF(Node):
         for parameter, value in (("tau", self.tau), ("tau_current", self.tau_current)):
             if not (_is_real(value) and math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise GraphError(f"node {self.name}: {parameter} must lie in [0, 1], got {value!r}")
-        if not (_is_real(self.v_threshold) and math.isfinite(self.v_threshold)
-                and self.v_threshold > 0):
-            raise GraphError(f"node {self.name}: v_threshold must be a finite positive number, got {self.v_threshold!r}")
+        if not (_is_real(self.v_threshold) and not math.isnan(self.v_threshold) and self.v_threshold > 0):
+            raise GraphError(f"node {self.name}: v_threshold must be a positive number (inf: never fires), "
+                             f"got {self.v_threshold!r}")
         _check_shape(self.name, "bias", self.bias, (self.neurons,))
         if self.quantized is not None:
             _check_shape(self.name, "bias_mant", self.quantized.bias_mant, (self.neurons,))
@@ -312,6 +316,11 @@ class LIF(Node):
     @property
     def neurons(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def spiking(self) -> bool:
+        """False for a non-spiking population (v_threshold = inf)."""
+        return math.isfinite(self.v_threshold)
 
     def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
         (source, in_shape), = inputs
@@ -323,10 +332,17 @@ class LIF(Node):
 
 @dataclass(frozen=True, eq=False)
 class Output(Node):
-    """Marks the population whose spikes are the network's output; the decision rule
-    (netgraph.decision) reads it."""
+    """Marks the population that is the network's output. readout: what the decision rule
+    (netgraph.decision) reads of it, 'spikes' (counts) or 'potential' (the potential at the
+    sample's last step, of a non-spiking population: v_threshold = inf)."""
 
+    readout: str = "spikes"
     accepts: ClassVar[tuple[str, ...]] = (SPIKES,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.readout not in READOUTS:
+            raise GraphError(f"node {self.name}: readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
 
     def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
         (_, in_shape), = inputs

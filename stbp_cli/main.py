@@ -21,7 +21,7 @@ from interchange.nir_import import NIRImportError
 from interchange.nir_neurons import DEFAULT_DT, NIR_NEURONS
 from lava_backend.fidelity import check_gates, plot_report
 from lava_backend.runner import run_network
-from netgraph import Graph, GraphError, predict_classes
+from netgraph import Graph, GraphError
 from netgraph.provenance import atomic_write
 from spikedata import DATASETS, DataError, load_dataset
 from stbp_cli.pipeline import (FidelityError, evaluation_spikes, evaluation_split, export_checkpoint, export_nir,
@@ -207,7 +207,7 @@ def _add_run(sub) -> None:
     p.add_argument("--limit", type=_positive_int, help="only the first N test samples")
     p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes (default: one per core, one per 100 samples)")
     _add_lava_conv(p)
-    p.add_argument("--save-spikes", metavar="NPZ", help="write the output spikes (samples, T, classes) here")
+    p.add_argument("--save-spikes", metavar="NPZ", help="write the output spikes (samples, T, classes), the predictions and labels here (and, for a potential readout, the output potentials in Loihi units)")
     p.add_argument("--save-input-spikes", metavar="NPZ",
                    help="write the encoded input spikes (samples, T, *input_shape) and labels here: run a source "
                         "framework on them and pass its spikes to `stbp compare --reference`")
@@ -232,13 +232,13 @@ def _cmd_run(args) -> int:
         print(f"input spikes {spikes.shape} and labels: {args.save_input_spikes}")
     started = time.perf_counter()
     if args.backend == "emulator":
-        output = emulate(network, spikes, progress=not args.no_progress).output_spikes
+        result = emulate(network, spikes, progress=not args.no_progress)
         rate = len(spikes) / (time.perf_counter() - started)
         detail = "emulator (numpy)"
     else:
         result = run_network(network, spikes, mode=args.backend, record="output", shards=args.shards,
                              progress=not args.no_progress, conv_mapping=args.lava_conv)
-        output, rate = result.output_spikes, result.samples_per_s
+        rate = result.samples_per_s
         detail = (f"Lava {args.backend}, {result.shards} runtime(s), {result.lava_steps} Lava steps, "
                   f"{result.wall_s:.1f} s including {result.setup_s:.1f} s to build and start Lava")
         if result.conv_synapses:
@@ -246,13 +246,14 @@ def _cmd_run(args) -> int:
             detail += f", {on_conv} of {len(result.conv_synapses)} conv synapses on Lava's Conv process"
         for note in result.notes:
             print(f"note: {note}")
-    predictions = predict_classes(output)
+    output, potential, predictions = result.output_spikes, result.output_potential, result.predictions
     accuracy = float((predictions == split.labels).mean())
     print(f"{detail}: accuracy {100 * accuracy:.2f}% on {len(split.labels)} {name} test samples, "
           f"{rate:.1f} samples/s (T = {network.time_steps})")
     if args.save_spikes:
         with atomic_write(args.save_spikes) as handle:
-            np.savez_compressed(handle, output_spikes=output, predictions=predictions, labels=split.labels)
+            extra = {} if potential is None else {"output_potential": potential}
+            np.savez_compressed(handle, output_spikes=output, predictions=predictions, labels=split.labels, **extra)
     return 0
 
 

@@ -75,20 +75,25 @@ def trained_run(checkpoint: Checkpoint, spikes: np.ndarray, batch_size: int = 25
     model = build_model(checkpoint).cpu().eval()
     started = time.perf_counter()
     chunks: list[dict[str, np.ndarray]] = []
+    potentials = []
     with torch.no_grad():
         for start in range(0, len(spikes), batch_size):
             out = model(torch.from_numpy(spikes[start:start + batch_size]).float())
             chunks.append({name: s.to(torch.uint8).numpy() for name, s in out.population_spikes.items()})
+            if out.output_potential is not None:
+                potentials.append(out.output_potential.double().numpy())
     wall = time.perf_counter() - started
     populations = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
-    return BackendRun("trained", populations, model.graph.output_population.name, _rate(len(spikes), wall))
+    return BackendRun("trained", populations, model.graph.output_population.name, _rate(len(spikes), wall),
+                      model.graph.output.readout, np.concatenate(potentials) if potentials else None)
 
 
 def emulator_run(network: ExportedNetwork, spikes: np.ndarray, progress: bool = False) -> BackendRun:
     started = time.perf_counter()
     result = emulate(network, spikes, progress=progress)
+    potential = None if result.output_potential is None else network.potential_in_trained_units(result.output_potential)
     return BackendRun("emulator", result.population_spikes, result.output,
-                      _rate(len(spikes), time.perf_counter() - started))
+                      _rate(len(spikes), time.perf_counter() - started), result.readout, potential)
 
 
 def lava_run(network: ExportedNetwork, spikes: np.ndarray, mode: str, shards: int | None = None,
@@ -96,7 +101,10 @@ def lava_run(network: ExportedNetwork, spikes: np.ndarray, mode: str, shards: in
     result = run_network(network, spikes, mode=mode, record="all", shards=shards, progress=progress,
                          conv_mapping=conv_mapping)
     name = "lava_fixed" if mode == "fixed_pt" else "lava_float"
-    return BackendRun(name, result.population_spikes, result.output, result.samples_per_s)
+    potential = result.output_potential
+    if potential is not None and mode == "fixed_pt":
+        potential = network.potential_in_trained_units(potential)
+    return BackendRun(name, result.population_spikes, result.output, result.samples_per_s, result.readout, potential)
 
 
 def run_fidelity(checkpoint_path, artifact_path, data_path: str | None = None, limit: int | None = None,

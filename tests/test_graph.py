@@ -91,7 +91,7 @@ def test_shapes_must_agree_across_every_edge(nodes, edges, message):
 @pytest.mark.parametrize("make, message", [
     (lambda: Dense("layer.0", 3), "node name 'layer.0' must be"),
     (lambda: LIF("p", (3,), tau=1.5), "node p: tau must lie in \\[0, 1\\], got 1.5"),
-    (lambda: LIF("p", (3,), v_threshold=0.0), "node p: v_threshold must be a finite positive number"),
+    (lambda: LIF("p", (3,), v_threshold=0.0), "node p: v_threshold must be a positive number"),
     (lambda: LIF("p", (3,), bias=np.zeros(4)), "node p: bias has shape \\(4,\\), expected \\(3,\\)"),
     (lambda: Conv2d("c", 2, (3, 3), padding=-1), "node c: padding must be an integer >= 0"),
     (lambda: Dense("d", 0), "node d: out_features must be a positive integer"),

@@ -5,8 +5,11 @@ Each spiking layer `name` becomes: one synapse per input (Dense or Conv2d, named
 named `<name>_sum` when it has several inputs, and the LIF population `<name>`. A dense layer
 with `lateral_inhibition` kappa also gets `<name>_inhibition`, a recurrent Dense from the layer
 to itself whose weights the config fixes (lateral_inhibition_weight). An avgpool
-layer becomes an AvgPool2d node. The graph's input is `input`, its output `output` (the last
-layer's spikes).
+layer becomes an AvgPool2d node, or, with a v_threshold (a spiking pool, Lee et al. 2019), a
+Conv2d `<name>_from_<source>` whose fixed weights average each channel's windows
+(average_pool_weight) into integrate-and-fire neurons `<name>` (tau 1, no bias). The graph's
+input is `input`, its output `output`, reading the last layer's spikes (model.readout 'spikes')
+or its potential ('potential': the last layer gets v_threshold inf and never fires).
 """
 from __future__ import annotations
 
@@ -42,6 +45,33 @@ def lateral_inhibition_weight(neurons: int, kappa: float, v_threshold: float) ->
     weight = np.full((neurons, neurons), -kappa * v_threshold)
     np.fill_diagonal(weight, 0.0)
     return weight
+
+
+def average_pool_weight(channels: int, kernel_size: int) -> np.ndarray:
+    """A k x k average pool of each channel as a conv kernel (channels, channels, k, k): 1/k^2
+    from a channel to itself, 0 across channels (used with stride k, no padding)."""
+    weight = np.zeros((channels, channels, kernel_size, kernel_size))
+    weight[np.arange(channels), np.arange(channels)] = 1.0 / kernel_size ** 2
+    return weight
+
+
+def _spiking_pool(layer: LayerConfig, shapes: dict, key: str) -> tuple[list, list[Edge]]:
+    """The nodes and edges of a spiking pool (module docstring)."""
+    (source_input,) = layer.inputs
+    source_shape = shapes[source_input.source]
+    if len(source_shape) != 3:
+        raise ConfigError(f"{key} ({layer.name}): a pool needs a (channels, height, width) input, "
+                          f"{source_input.source} gives {source_shape}")
+    k, channels = layer.kernel_size, source_shape[0]
+    synapse = Conv2d(synapse_name(layer.name, source_input), out_channels=channels, kernel_size=(k, k), stride=k,
+                     weight=average_pool_weight(channels, k))
+    try:
+        pooled_shape = AvgPool2d(layer.name, kernel_size=k).output_shape([(source_input.source, source_shape)])
+    except GraphError as exc:
+        raise ConfigError(f"{key} ({layer.name}): {exc}") from exc
+    shapes[layer.name] = pooled_shape
+    population = LIF(layer.name, shape=pooled_shape, tau=1.0, v_threshold=layer.v_threshold, tau_current=0.0)
+    return [synapse, population], [Edge(source_input.source, synapse.name), Edge(synapse.name, layer.name)]
 
 
 def _synapse(layer: LayerConfig, layer_input: LayerInput, name: str):
@@ -81,6 +111,11 @@ def build_graph(model: ModelConfig, input_shape: tuple[int, ...], source: str = 
     later: list[tuple] = []  # recurrent inputs from layers further down, checked once all shapes are known
     for i, layer in enumerate(model.layers):
         key = f"{where}[{i}]"
+        if layer.spiking_pool:
+            pool_nodes, pool_edges = _spiking_pool(layer, shapes, key)
+            nodes += pool_nodes
+            edges += pool_edges
+            continue
         if layer.type == "avgpool":
             (source_input,) = layer.inputs
             pool = AvgPool2d(layer.name, kernel_size=layer.kernel_size)
@@ -112,10 +147,13 @@ def build_graph(model: ModelConfig, input_shape: tuple[int, ...], source: str = 
             edges.append(Edge(f"{layer.name}_sum", layer.name))
         else:
             edges.append(Edge(synapses[0][0].name, layer.name))
-        nodes.append(LIF(layer.name, shape=shapes[layer.name], **lif_constants(layer, model)))
+        constants = lif_constants(layer, model)
+        if i == len(model.layers) - 1 and model.readout == "potential":
+            constants["v_threshold"] = math.inf  # the output never fires: its potential is read
+        nodes.append(LIF(layer.name, shape=shapes[layer.name], **constants))
     for layer, synapse, inp, key in later:
         _check_fits(layer, synapse, inp, shapes, key)
-    nodes.append(Output(OUTPUT_NAME))
+    nodes.append(Output(OUTPUT_NAME, readout=model.readout))
     edges.append(Edge(model.layers[-1].name, OUTPUT_NAME))
     try:
         return Graph(tuple(nodes), tuple(edges))
@@ -150,6 +188,9 @@ def _layer_input(graph: Graph, synapse, edge: Edge, layer: dict) -> dict:
 
 
 def _population_layer(graph: Graph, lif: LIF) -> dict:
+    if not lif.spiking:
+        raise ConfigError(f"population {lif.name}: never fires (its potential is the readout), which a layer "
+                          "list written from a graph cannot hold yet")
     synapses = graph.synapses_into(lif.name)
     first = synapses[0][0]
     if any(type(s) is not type(first) for s, _ in synapses):

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from netgraph import READOUTS
 from spikedata import DATASETS
 from trainer.encoding import ENCODINGS
 from trainer.surrogate import SURROGATE_NAMES
@@ -24,7 +25,8 @@ INPUT_NAME = "input"  # what `inputs` calls the network's input
 RESERVED_NAMES = (INPUT_NAME, "output")
 LAYER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # graph node names built from it stay below 200
 LOSSES = ("mse", "ce")
-METHODS = ("stbp", "hm2bp", "mpbp")
+METHODS = ("stbp", "hm2bp", "mpbp", "lee2019")
+OPTIMIZERS = ("adam", "sgd")
 MPBP_NEURONS = ("loihi", "paper")
 # Beyond 10 thresholds per spike, inhibition only costs the layer's other weights precision on
 # the chip (they share the layer's weight scale) and one spike silences the layer anyway.
@@ -63,13 +65,15 @@ class LayerConfig:
         flattened in C order), 'conv' (2-D convolution + LIF neurons; `channels` output
         maps, square `kernel_size`, `stride`, zero `padding`), or 'avgpool' (average of
         non-overlapping `kernel_size` x `kernel_size` windows of a spike map, no neurons:
-        paper section 3.2.2; the exporter folds it into the synapses that read it).
+        paper section 3.2.2; the exporter folds it into the synapses that read it; with a
+        `v_threshold`, the pooled spikes feed integrate-and-fire neurons (no leak, reset to 0)
+        that fire at that threshold: Lee et al. 2019's spiking pooling, a population on the chip).
     name: the layer's node name in the network graph (default layer<k> / pool<k>).
     inputs: what the layer reads (default: the previous layer, or the network input for
         the first). Several inputs are summed into the layer's neurons (skip connections);
         a recurrent input feeds spikes back with one step of delay.
     tau, v_threshold, tau_current: per-layer overrides of the network-wide LIF constants
-        (not for avgpool).
+        (avgpool: v_threshold only, which makes the pool spike).
     lateral_inhibition: kappa (dense layers): each spike lowers the potential of every other
         neuron of the layer by kappa * v_threshold one step later (winner-take-all, Lee,
         Delbruck & Pfeiffer 2016 section 2.3), through a fixed recurrent inhibitory Dense.
@@ -90,7 +94,12 @@ class LayerConfig:
 
     @property
     def spiking(self) -> bool:
-        return self.type in SPIKING_LAYER_TYPES
+        """Whether the layer has neurons (dense, conv, an avgpool with a v_threshold)."""
+        return self.type in SPIKING_LAYER_TYPES or self.v_threshold is not None
+
+    @property
+    def spiking_pool(self) -> bool:
+        return self.type == "avgpool" and self.v_threshold is not None
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,9 @@ class ModelConfig:
     init: str = "pytorch"
     # False trains with SDBP: the temporal gradient path is cut (paper Table 7).
     temporal_gradient: bool = True
+    # What the decision reads of the last layer (netgraph.decision): 'spikes' (counts) or
+    # 'potential' (the last layer never fires; its potential at the last step decides).
+    readout: str = "spikes"
 
 
 @dataclass(frozen=True)
@@ -162,11 +174,29 @@ class MPBPConfig:
 
 
 @dataclass(frozen=True)
+class Lee2019Config:
+    """Deep spike-based backpropagation (Lee, Sarwar, Panda, Srinivasan & Roy 2019; trainer.lee2019).
+
+    dropout: probability of dropping a hidden neuron's spikes, one mask per sample held over
+        all its time steps (training only; not on pooling neurons or the output).
+    init_gain: weights drawn from N(0, init_gain / fan_in) per synapse (the authors' code: 2
+        for LeNet and VGG, 1 for ResNet)."""
+
+    dropout: float = 0.0
+    init_gain: float = 2.0
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
-    # 'stbp' (surrogate-gradient BPTT, the default), 'hm2bp' (trainer.hm2bp) or 'mpbp' (trainer.mpbp).
+    # 'stbp' (surrogate-gradient BPTT, the default), 'hm2bp' (trainer.hm2bp), 'mpbp'
+    # (trainer.mpbp) or 'lee2019' (trainer.lee2019).
     method: str = "stbp"
     hm2bp: HM2BPConfig = field(default_factory=HM2BPConfig)
     mpbp: MPBPConfig = field(default_factory=MPBPConfig)
+    lee2019: Lee2019Config = field(default_factory=Lee2019Config)
+    # 'adam' or 'sgd' (plain, no momentum, as Lee et al. 2019); weight_decay: L2 coefficient.
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -291,8 +321,9 @@ def _layer(raw: Any, where: str) -> LayerConfig:
     _check_keys(raw, {f.name for f in dataclasses.fields(LayerConfig)}, where)
     layer_type = _choice(_get(raw, "type", where, str, None, required=True), LAYER_TYPES, f"{where}.type")
     needed = {"dense": {"units"}, "conv": {"channels", "kernel_size"}, "avgpool": {"kernel_size"}}[layer_type]
-    allowed = needed | {"type", "name", "inputs"} | ({"stride", "padding"} if layer_type == "conv" else set()) | (
-        {"tau", "v_threshold", "tau_current"} if layer_type != "avgpool" else set()) | (
+    allowed = needed | {"type", "name", "inputs", "v_threshold"} | (
+        {"stride", "padding"} if layer_type == "conv" else set()) | (
+        {"tau", "tau_current"} if layer_type != "avgpool" else set()) | (
         {"lateral_inhibition"} if layer_type == "dense" else set())
     defaults = {"stride": 1, "padding": 0}
     extra = sorted(k for k in set(raw) - allowed if raw[k] is not None and raw[k] != defaults.get(k))
@@ -340,8 +371,8 @@ def _layer_names(layers: tuple[LayerConfig, ...], where: str) -> list[str]:
     names: list[str] = []
     counts = {"spiking": 0, "pool": 0}
     for i, layer in enumerate(layers):
-        group = "spiking" if layer.spiking else "pool"
-        default = f"layer{counts[group]}" if layer.spiking else f"pool{counts[group]}"
+        group = "pool" if layer.type == "avgpool" else "spiking"
+        default = f"layer{counts[group]}" if group == "spiking" else f"pool{counts[group]}"
         counts[group] += 1
         name = layer.name if layer.name is not None else default
         if not LAYER_NAME.fullmatch(name) or name in RESERVED_NAMES:
@@ -363,7 +394,7 @@ def _check_input(layers, names, i: int, j: int, layer_input: LayerInput, where: 
         if source_layer is None or not source_layer.spiking:
             raise ConfigError(f"{where}: a recurrent input must read the spikes of a dense or conv layer, "
                               f"not {source!r}")
-        if not layer.spiking:
+        if layer.type == "avgpool":
             raise ConfigError(f"{where}: an avgpool layer cannot have a recurrent input")
     elif source != INPUT_NAME and names.index(source) >= i:
         raise ConfigError(f"{where}.source: {source!r} is not an earlier layer (a later layer, or the layer itself, "
@@ -397,9 +428,8 @@ def _resolve_layers(layers: tuple[LayerConfig, ...], where: str) -> tuple[LayerC
             raise ConfigError(f"{where}[{i}].inputs: needs at least one input that is not recurrent (otherwise "
                               "nothing from the network input reaches it)")
         resolved.append(dataclasses.replace(layer, name=names[i], inputs=tuple(inputs)))
-    if not resolved[-1].spiking:
-        raise ConfigError(f"{where}[{len(layers) - 1}]: the last layer is the output and must be dense or conv "
-                          "(an avgpool does not spike)")
+    if resolved[-1].type == "avgpool":
+        raise ConfigError(f"{where}[{len(layers) - 1}]: the last layer is the output and must be dense or conv")
     read = {inp.source for layer in resolved for inp in layer.inputs if inp.source != layer.name}
     for i, layer in enumerate(resolved[:-1]):
         if layer.name not in read:
@@ -442,7 +472,16 @@ def _model_config(m: dict, w: str) -> ModelConfig:
         ),
         init=_choice(_get(m, "init", w, str, "pytorch"), INITS, f"{w}.init"),
         temporal_gradient=_get(m, "temporal_gradient", w, bool, True),
+        readout=_readout(m, layers, w),
     )
+
+
+def _readout(m: dict, layers: tuple[LayerConfig, ...], w: str) -> str:
+    readout = _choice(_get(m, "readout", w, str, "spikes"), READOUTS, f"{w}.readout")
+    if readout == "potential" and layers[-1].v_threshold is not None:
+        raise ConfigError(f"{w}.layers[{len(layers) - 1}].v_threshold: with readout 'potential' the last layer "
+                          "never fires (its potential is read); remove its v_threshold")
+    return readout
 
 
 def _hm2bp_config(h: dict, w: str) -> HM2BPConfig:
@@ -491,8 +530,31 @@ def _check_hm2bp_network(model: ModelConfig, hm2bp: HM2BPConfig, time_steps: int
                           f"{time_steps} steps with a refractory period of {hm2bp.refractory_steps}")
 
 
+def _check_lee2019_network(model: ModelConfig, source: str) -> None:
+    """Lee et al. 2019 read the output's potential and train neurons without a synaptic current."""
+    if model.readout != "potential":
+        raise ConfigError(f"{source}: model.readout: training.method 'lee2019' reads the output layer's membrane "
+                          "potential (the paper's non-spiking output); set readout: potential")
+    for i, layer in enumerate(model.layers):
+        tau_current = model.tau_current if layer.tau_current is None else layer.tau_current
+        if tau_current:
+            raise ConfigError(f"{source}: model.layers[{i}]: training.method 'lee2019': the paper's neuron has no "
+                              f"synaptic current; layer {layer.name!r} has tau_current {tau_current} (set it to 0)")
+        if layer.lateral_inhibition or any(inp.recurrent for inp in layer.inputs):
+            raise ConfigError(f"{source}: model.layers[{i}]: training.method 'lee2019' trains feed-forward networks; "
+                              f"layer {layer.name!r} has a recurrent input or lateral inhibition (use 'stbp')")
+    if model.init != "pytorch":
+        raise ConfigError(f"{source}: model.init: training.method 'lee2019' draws its weights by its own rule "
+                          f"(training.lee2019.init_gain), not {model.init!r}; remove model.init")
+
+
 def _check_method_network(model: ModelConfig, training: TrainingConfig, time_steps: int, source: str) -> None:
-    """What HM2-BP and MPBP need of the network (STBP trains any graph)."""
+    """What HM2-BP, MPBP and Lee et al. 2019 need of the network (STBP trains any graph)."""
+    if training.method in ("hm2bp", "mpbp") and model.readout != "spikes":
+        raise ConfigError(f"{source}: model.readout: training.method {training.method!r} trains on output spike "
+                          "counts; set readout: spikes")
+    if training.method == "lee2019":
+        _check_lee2019_network(model, source)
     if training.method == "hm2bp":
         _check_hm2bp_network(model, training.hm2bp, time_steps, source)
     elif training.method == "mpbp":
@@ -514,6 +576,17 @@ def _mpbp_config(m: dict, w: str) -> MPBPConfig:
         threshold_rho=_within(_get(m, "threshold_rho", w, float, defaults.threshold_rho), 0.0, 1.0,
                               f"{w}.threshold_rho"),
     )
+
+
+def _lee2019_config(m: dict, w: str) -> Lee2019Config:
+    _check_keys(m, {f.name for f in dataclasses.fields(Lee2019Config)}, w)
+    defaults = Lee2019Config()
+    dropout = _get(m, "dropout", w, float, defaults.dropout)
+    if not (math.isfinite(dropout) and 0.0 <= dropout < 1.0):
+        raise ConfigError(f"{w}.dropout: must lie in [0, 1), got {dropout}")
+    return Lee2019Config(dropout=dropout,
+                         init_gain=_within(_get(m, "init_gain", w, float, defaults.init_gain), 1e-3, 100.0,
+                                           f"{w}.init_gain"))
 
 
 def float_only_neuron(training: TrainingConfig) -> str | None:
@@ -569,6 +642,9 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         method=_choice(_get(t, "method", w, str, "stbp"), METHODS, f"{w}.method"),
         hm2bp=_hm2bp_config(_section(t, "hm2bp", w), f"{w}.hm2bp"),
         mpbp=_mpbp_config(_section(t, "mpbp", w), f"{w}.mpbp"),
+        lee2019=_lee2019_config(_section(t, "lee2019", w), f"{w}.lee2019"),
+        optimizer=_choice(_get(t, "optimizer", w, str, "adam"), OPTIMIZERS, f"{w}.optimizer"),
+        weight_decay=_within(_get(t, "weight_decay", w, float, 0.0), 0.0, 1.0, f"{w}.weight_decay"),
         epochs=_positive_int(_get(t, "epochs", w, int, 10), f"{w}.epochs"),
         batch_size=_positive_int(_get(t, "batch_size", w, int, 64), f"{w}.batch_size"),
         learning_rate=_finite_positive(_get(t, "learning_rate", w, float, 1e-3), f"{w}.learning_rate"),

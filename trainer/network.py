@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from netgraph import CURRENT, LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, Input, Node, Output, Sum
+from netgraph import CURRENT, LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, Input, Node, Output, Sum, predict
 from trainer.architecture import build_graph, fan_in
 from trainer.config import ModelConfig
 from trainer.neuron import LIFParameters, LIFState, lif_sequence, lif_step
@@ -76,13 +76,19 @@ class DenseSynapse(NodeModule):
 
 
 class ConvSynapse(NodeModule):
-    """x = K * s (cross-correlation, zero padding). weight: (out_channels, in_channels, kh, kw)."""
+    """x = K * s (cross-correlation, zero padding). weight: (out_channels, in_channels, kh, kw).
+    A Conv2d whose graph node already holds weights (a spiking pool's averaging kernel) keeps
+    them as a buffer, as DenseSynapse does."""
 
     def __init__(self, node: Conv2d, graph: Graph):
         super().__init__()
+        self.stride, self.padding = node.stride, node.padding
+        if node.weight is not None:
+            self.register_buffer("weight", torch.as_tensor(node.weight, dtype=torch.float32).clone(),
+                                 persistent=False)
+            return
         in_channels = graph.read_shape(node.name)[0]
         self.weight = nn.Parameter(torch.empty(node.out_channels, in_channels, *node.kernel_size))
-        self.stride, self.padding = node.stride, node.padding
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's nn.Conv2d default
 
     def over_time(self, inputs):
@@ -123,7 +129,9 @@ class CurrentSum(NodeModule):
 
 class LIFPopulation(NodeModule):
     """STBP LIF neurons (trainer.neuron) with a trainable bias: one per neuron, or one per
-    channel for a (C, H, W) population.
+    channel for a (C, H, W) population. A non-spiking population (v_threshold inf, the
+    potential readout) emits its potentials (batch, time, *shape) instead of spikes: only the
+    Output reads it.
 
     threshold_gains: also hold `threshold_gain` (neurons,), each neuron's own threshold over
     the population's Vth, for training methods that adapt thresholds per neuron (trainer.mpbp).
@@ -138,7 +146,8 @@ class LIFPopulation(NodeModule):
         self.surrogate, self.temporal_gradient = surrogate, temporal_gradient
         self.per_channel = len(node.shape) == 3
         self.bias = nn.Parameter(torch.empty(node.shape[0] if self.per_channel else node.neurons))
-        bound = 1 / math.sqrt(fan_in(graph, node.name))  # PyTorch's Linear/Conv2d bias default
+        inputs = fan_in(graph, node.name)  # 0 when the config fixes every synapse (a spiking pool): bias 0
+        bound = 1 / math.sqrt(inputs) if inputs else 0.0  # PyTorch's Linear/Conv2d bias default
         nn.init.uniform_(self.bias, -bound, bound)
         if threshold_gains:
             self.register_buffer("threshold_gain", torch.ones(node.neurons))
@@ -147,8 +156,12 @@ class LIFPopulation(NodeModule):
         return self.bias.view(-1, 1, 1) if self.per_channel else self.bias
 
     def over_time(self, inputs):
-        spikes, _ = lif_sequence(inputs[0], self.params, self.surrogate, self._bias(), self.temporal_gradient)
-        return spikes
+        spikes, potentials = lif_sequence(inputs[0], self.params, self.surrogate, self._bias(), self.temporal_gradient)
+        return spikes if self.spiking else potentials
+
+    @property
+    def spiking(self) -> bool:
+        return math.isfinite(self.params.v_threshold)
 
     def step(self, inputs, state):
         current = inputs[0]
@@ -194,10 +207,15 @@ class ChainLayer:
 @dataclass
 class NetworkOutput:
     """Spike trains of every LIF population, each (batch, time, neurons) with maps
-    flattened in C order, in the graph's order; `output` names the output population."""
+    flattened in C order, in the graph's order; `output` names the output population and
+    `readout` the decision rule (netgraph.decision). With a potential readout,
+    `output_potential` (batch, time, neurons) holds the non-spiking output's potentials (its
+    spikes are all 0)."""
 
     population_spikes: dict[str, torch.Tensor]
     output: str
+    readout: str = "spikes"
+    output_potential: torch.Tensor | None = None
 
     @property
     def output_spikes(self) -> torch.Tensor:
@@ -207,6 +225,19 @@ class NetworkOutput:
     def output_rates(self) -> torch.Tensor:
         """Mean output spike rate over time (batch, classes), the paper's decoded output."""
         return self.output_spikes.mean(dim=1)
+
+    @property
+    def decoded(self) -> torch.Tensor:
+        """What the loss compares with the label (batch, classes): the output spike rates, or
+        the output potential at the last step over the number of steps (Lee et al. 2019's
+        V(T) / T)."""
+        if self.readout == "potential":
+            return self.output_potential[:, -1] / self.output_potential.shape[1]
+        return self.output_rates
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return predict(self.readout, self.output_spikes, self.output_potential)
 
 
 class SpikingNetwork(nn.Module):
@@ -264,8 +295,19 @@ class SpikingNetwork(nn.Module):
                 inputs = [self._delayed(values[e.source]) if e.recurrent else values[e.source]
                           for e in self.graph.inputs_of(name)]
                 values[name] = self.nodes[name].over_time(inputs)
-        populations = {lif.name: values[lif.name].flatten(2) for lif in self.graph.populations}
-        return NetworkOutput(populations, self.graph.output_population.name)
+        return self._output(values)
+
+    def _output(self, values: dict[str, torch.Tensor]) -> NetworkOutput:
+        """The recordings of a forward pass: every population's spikes (a non-spiking one's are
+        0; its module emitted potentials), and the output's potentials for a potential readout."""
+        populations, potential = {}, None
+        for lif in self.graph.populations:
+            flat = values[lif.name].flatten(2)
+            if lif.spiking:
+                populations[lif.name] = flat
+            else:
+                populations[lif.name], potential = torch.zeros_like(flat), flat
+        return NetworkOutput(populations, self.graph.output_population.name, self.graph.output.readout, potential)
 
     def _delayed(self, spikes: torch.Tensor) -> torch.Tensor:
         """A recurrent edge outside a cycle: the source's spikes one step later, zeros first."""

@@ -1,6 +1,7 @@
-"""The training loop: Adam on STBP's rate-MSE loss (or cross-entropy on counts) through the
-surrogate-gradient backward pass, on HM2-BP's rate-coded loss and gradient (trainer.hm2bp), or
-on membrane-potential backpropagation's (trainer.mpbp).
+"""The training loop: Adam (or SGD) on STBP's rate-MSE loss (or cross-entropy on counts) through
+the surrogate-gradient backward pass, on HM2-BP's rate-coded loss and gradient (trainer.hm2bp),
+on membrane-potential backpropagation's (trainer.mpbp), or on Lee et al. 2019's leak-corrected
+spike-based backpropagation (trainer.lee2019).
 
 Deterministic under `config.seed`: each epoch's shuffling and input encoding come from
 random streams derived from (seed, epoch), so a run resumed from its end-of-epoch
@@ -20,17 +21,17 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from netgraph import Graph, predict_classes
+from netgraph import Graph
 from netgraph.provenance import derive_seed, package_versions
 from spikedata import Dataset, Split, load_dataset
 from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from trainer.config import RunConfig
 from trainer.encoding import encode, iter_encoded_batches
-from trainer import hm2bp, mpbp
+from trainer import hm2bp, lee2019, mpbp
 from trainer.network import NetworkOutput, SpikingNetwork
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-_SHUFFLE_STREAM, _ENCODE_STREAM = 0, 1
+_SHUFFLE_STREAM, _ENCODE_STREAM, _DROPOUT_STREAM = 0, 1, 2
 
 
 def select_device(name: str) -> torch.device:
@@ -48,13 +49,15 @@ def epoch_learning_rate(config: RunConfig, epoch: int) -> float:
     return base / math.sqrt(epoch + 1) if config.training.lr_schedule == "inverse_sqrt" else base
 
 
-def loss_fn(kind: str, output_spikes: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """'mse': paper eq. 9, 1/2 ||y - mean_t o[t]||^2 averaged over the batch.
-    'ce': cross-entropy of the output spike counts taken as logits."""
+def loss_fn(kind: str, out: NetworkOutput, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """'mse': paper eq. 9, 1/2 ||y - mean_t o[t]||^2 averaged over the batch (with a potential
+    readout, the output's final potential over T in place of the rates: NetworkOutput.decoded).
+    'ce': cross-entropy of the output spike counts (or final potentials) taken as logits."""
     if kind == "mse":
-        target = F.one_hot(labels, num_classes).to(output_spikes.dtype)
-        return 0.5 * ((output_spikes.mean(dim=1) - target) ** 2).sum(dim=1).mean()
-    return F.cross_entropy(output_spikes.sum(dim=1), labels)
+        target = F.one_hot(labels, num_classes).to(out.decoded.dtype)
+        return 0.5 * ((out.decoded - target) ** 2).sum(dim=1).mean()
+    logits = out.output_spikes.sum(dim=1) if out.readout == "spikes" else out.output_potential[:, -1]
+    return F.cross_entropy(logits, labels)
 
 
 def method_forward(model: SpikingNetwork, input_spikes: torch.Tensor, config: RunConfig) -> NetworkOutput:
@@ -67,17 +70,19 @@ def method_forward(model: SpikingNetwork, input_spikes: torch.Tensor, config: Ru
 
 
 def _train_step(model: SpikingNetwork, optimizer, config: RunConfig, spikes: torch.Tensor, labels: torch.Tensor,
-                num_classes: int, epoch: int) -> tuple[torch.Tensor, NetworkOutput]:
+                num_classes: int, epoch: int, dropout_rng: torch.Generator) -> tuple[torch.Tensor, NetworkOutput]:
     """One batch of the configured method, the optimizer's step included: (loss, spikes)."""
     method, records = config.training.method, None
     optimizer.zero_grad(set_to_none=True)
-    if method == "mpbp":
+    if method == "lee2019":
+        loss, out = lee2019.train_step(model, spikes, labels, config.training.lee2019, dropout_rng)
+    elif method == "mpbp":
         loss, out, records = mpbp.train_step(model, spikes, labels, config.training.mpbp)
     elif method == "hm2bp":
         loss, out = hm2bp.train_step(model, spikes, labels, config.training.hm2bp)
     else:
         out = model(spikes)
-        loss = loss_fn(config.training.loss, out.output_spikes, labels, num_classes)
+        loss = loss_fn(config.training.loss, out, labels, num_classes)
         loss.backward()
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {float(loss)} in epoch {epoch + 1}; lower the learning rate"
@@ -94,7 +99,18 @@ def _new_model(config: RunConfig, input_shape: tuple[int, ...], device: torch.de
                                        threshold_gains=config.training.per_neuron_thresholds)
     if config.training.method == "mpbp":
         mpbp.initialize(model, config.training.mpbp, config.seed)
+    if config.training.method == "lee2019":
+        lee2019.prepare(model, config.training.lee2019, config.seed)
     return model.to(device)
+
+
+def _optimizer(model: SpikingNetwork, config: RunConfig) -> torch.optim.Optimizer:
+    """training.optimizer over the trained parameters (a frozen bias is not one)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    training = config.training
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(trained, lr=training.learning_rate, weight_decay=training.weight_decay)
+    return torch.optim.Adam(trained, lr=training.learning_rate, weight_decay=training.weight_decay)
 
 
 @torch.no_grad()
@@ -112,7 +128,7 @@ def evaluate(
             batch = spikes[start : start + batch_size].to(device)
             labels = torch.from_numpy(split.labels[window][start : start + batch_size]).to(device)
             out = method_forward(model, batch, config)
-            correct += int((predict_classes(out.output_spikes) == labels).sum())
+            correct += int((out.predictions == labels).sum())
             rates += np.array([float(s.sum()) / s[0].numel() for s in out.population_spikes.values()])
     n = len(split.labels)
     return {"accuracy": correct / n, "firing_rates": (rates / n).tolist()}
@@ -188,6 +204,7 @@ def _train_epoch(model: SpikingNetwork, optimizer, config: RunConfig, inputs: to
         n_train, generator=torch.Generator().manual_seed(derive_seed(config.seed, epoch, _SHUFFLE_STREAM))
     ).to(device)
     encoder_rng = torch.Generator(device=device).manual_seed(derive_seed(config.seed, epoch, _ENCODE_STREAM))
+    dropout_rng = torch.Generator(device=device).manual_seed(derive_seed(config.seed, epoch, _DROPOUT_STREAM))
     loss_sum, correct, rates = 0.0, 0, np.zeros(len(model.graph.populations))
     started = time.perf_counter()
     bar = tqdm(range(0, n_train, batch_size), desc=f"epoch {epoch + 1}/{config.training.epochs}", unit="batch",
@@ -196,10 +213,10 @@ def _train_epoch(model: SpikingNetwork, optimizer, config: RunConfig, inputs: to
         index = order[start : start + batch_size]
         batch_labels = labels[index]
         spikes = encode(config.encoding.kind, inputs[index], config.encoding.time_steps, encoder_rng)
-        loss, out = _train_step(model, optimizer, config, spikes, batch_labels, num_classes, epoch)
+        loss, out = _train_step(model, optimizer, config, spikes, batch_labels, num_classes, epoch, dropout_rng)
         with torch.no_grad():
             loss_sum += float(loss) * len(index)
-            correct += int((predict_classes(out.output_spikes) == batch_labels).sum())
+            correct += int((out.predictions == batch_labels).sum())
             rates += np.array([float(s.sum()) / s[0].numel() for s in out.population_spikes.values()])
         bar.set_postfix(loss=f"{loss_sum / min(start + batch_size, n_train):.4f}")
     elapsed = time.perf_counter() - started
@@ -226,7 +243,7 @@ def train(
     if model.num_outputs != dataset.num_classes:
         raise ValueError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
                          f"has {dataset.num_classes} classes")
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate)
+    optimizer = _optimizer(model, config)
     start_epoch, history = 0, []
     if resume is not None:
         start_epoch, history = _resume(resume, config, model, optimizer, log)

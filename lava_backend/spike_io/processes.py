@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from lava.magma.core.decorator import implements, requires
 from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort, PyRefPort
 from lava.magma.core.model.py.type import LavaPyType
-from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.ports.ports import InPort, OutPort, RefPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
@@ -43,15 +43,24 @@ class SpikeIOBase(AbstractProcess):
     record_sizes: neurons of each recorded input port.
     steps: the run's length; at step `steps` the recording of port i is written to
         `output_paths[i]` as (steps, ceil(neurons / 8)) uint8.
+    potential_size, potential_path: with a size, the process also reads a population's
+        potential `v` through the RefPort `v_ref` (connect it with `v_ref.connect_var(lif.v)`)
+        after every step, in the post-management phase (after the population's update), and
+        writes them as float64 (steps, potential_size) to potential_path at the end: a
+        non-spiking output read through its potential (netgraph.decision).
     """
 
     def __init__(self, *, packed: np.ndarray, input_neurons: int, record_sizes: list[int], steps: int,
-                 output_paths: list[str], name: str | None = None) -> None:
+                 output_paths: list[str], potential_size: int = 0, potential_path: str = "",
+                 name: str | None = None) -> None:
         super().__init__(packed=packed, input_neurons=input_neurons, record_sizes=list(record_sizes),
-                         steps=steps, output_paths=list(output_paths), name=name)
+                         steps=steps, output_paths=list(output_paths), potential_size=potential_size,
+                         potential_path=potential_path, name=name)
         self.s_out = OutPort(shape=(input_neurons,))
         for i, neurons in enumerate(record_sizes):
             setattr(self, f"a_in{i}", InPort(shape=(neurons,)))
+        if potential_size:
+            self.v_ref = RefPort(shape=(potential_size,))
 
 
 class PySpikeIOModelBase(PyLoihiProcessModel):
@@ -66,6 +75,18 @@ class PySpikeIOModelBase(PyLoihiProcessModel):
         self._ports = [f"a_in{i}" for i in range(len(self._paths))]
         self._buffers = [np.zeros((self._steps, (n + 7) // 8), dtype=np.uint8) for n in proc_params["record_sizes"]]
         self._zeros = np.zeros(self._input_neurons, dtype=np.int32)
+        self._potential_path = Path(proc_params["potential_path"]) if proc_params["potential_size"] else None
+        self._potentials = np.zeros((self._steps, proc_params["potential_size"]), dtype=np.float64)
+
+    def post_guard(self) -> bool:
+        return self._potential_path is not None
+
+    def run_post_mgmt(self) -> None:
+        row = self.time_step - 1
+        if row < self._steps:
+            self._potentials[row] = self.v_ref.read()
+        if row == self._steps - 1:
+            _save_atomically(self._potential_path, self._potentials)
 
     def run_spk(self) -> None:
         row = self.time_step - 1
@@ -79,16 +100,24 @@ class PySpikeIOModelBase(PyLoihiProcessModel):
                 buffer[row] = np.packbits(spikes != 0)
         if row == self._steps - 1:
             for path, buffer in zip(self._paths, self._buffers):
-                partial = path.with_suffix(".partial.npy")
-                np.save(partial, buffer)
-                os.replace(partial, path)
+                _save_atomically(path, buffer)
+
+
+def _save_atomically(path: Path, array: np.ndarray) -> None:
+    partial = path.with_suffix(".partial.npy")
+    np.save(partial, array)
+    os.replace(partial, path)
 
 
 @functools.lru_cache(maxsize=None)
-def spike_io_classes(num_recorded: int) -> tuple[type, type]:
-    """(Process class, its ProcessModel class) with `num_recorded` input ports."""
-    process = type(f"SpikeIO{num_recorded}", (SpikeIOBase,), {"__module__": __name__})
+def spike_io_classes(num_recorded: int, reads_potential: bool = False) -> tuple[type, type]:
+    """(Process class, its ProcessModel class) with `num_recorded` input ports, and the
+    RefPort `v_ref` when it `reads_potential`."""
+    suffix = f"{num_recorded}{'V' if reads_potential else ''}"
+    process = type(f"SpikeIO{suffix}", (SpikeIOBase,), {"__module__": __name__})
     ports = {f"a_in{i}": LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=1) for i in range(num_recorded)}
-    model = type(f"PySpikeIO{num_recorded}Model", (PySpikeIOModelBase,), {"__module__": __name__, **ports})
+    if reads_potential:
+        ports["v_ref"] = LavaPyType(PyRefPort.VEC_DENSE, np.float64)
+    model = type(f"PySpikeIO{suffix}Model", (PySpikeIOModelBase,), {"__module__": __name__, **ports})
     model = implements(proc=process, protocol=LoihiProtocol)(requires(CPU)(model))
     return process, model
