@@ -54,7 +54,7 @@ def main() -> None:
         with torch.no_grad():
             for start in range(0, n, args.batch_size):
                 out = model(torch.from_numpy(spikes[start:start + args.batch_size]).float())
-                predictions.append(out.output_spikes.sum(1).argmax(1).numpy())
+                predictions.append(out.predictions.numpy())  # the network's own readout
         return np.concatenate(predictions)
 
     float_pred, float_s = timed(float_predictions)

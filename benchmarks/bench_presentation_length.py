@@ -12,7 +12,6 @@ import argparse
 
 import torch
 
-from netgraph import predict_classes
 from spikedata import load_dataset
 from trainer.checkpoint import build_model, load_checkpoint
 from trainer.encoding import encode_split
@@ -34,10 +33,11 @@ def main() -> None:
         labels = torch.from_numpy(test.labels)
         spikes = torch.from_numpy(encode_split(config.encoding.kind, test.inputs, steps, config.training.eval_seed))
         with torch.no_grad():  # the training method's own neuron (e.g. MPBP's paper neuron)
-            counts = torch.cat([method_forward(model, spikes[s:s + args.batch_size].float(), config)
-                                .output_spikes.sum(1) for s in range(0, len(spikes), args.batch_size)])
+            outs = [method_forward(model, spikes[s:s + args.batch_size].float(), config)
+                    for s in range(0, len(spikes), args.batch_size)]
+        counts = torch.cat([out.output_spikes.sum(1) for out in outs])
         top2 = counts.topk(2, dim=1).values
-        accuracy = float((predict_classes(counts[:, None, :]) == labels).float().mean())
+        accuracy = float((torch.cat([out.predictions for out in outs]) == labels).float().mean())  # its own readout
         print(f"T = {steps}: accuracy {100 * accuracy:.2f}%, output spikes per sample {float(counts.sum(1).mean()):.2f}, "
               f"largest count tied in {100 * float((top2[:, 0] == top2[:, 1]).float().mean()):.1f}% of samples "
               f"({len(labels)} test samples)")

@@ -62,15 +62,23 @@ def effective_bias(params: FixedLIFParameters, xp=np):
     return params.bias_mant << params.bias_exp
 
 
+def lif_subthreshold(activation, u, v, params: FixedLIFParameters, hw: HardwareConfig, xp=np, saturate: bool = True):
+    """u and v after one step of Loihi's LIF, before the spike test: u wrapped to 24 bits and v
+    clipped, as Lava does (saturate False: neither, to see where the unbounded values go)."""
+    u = decay(u, params.du + hw.du_offset, hw, xp) + (activation << hw.activation_shift)
+    u = wrap_current(u, hw, xp) if saturate else u
+    v = decay(v, params.dv + hw.dv_offset, hw, xp) + u + effective_bias(params, xp)
+    v_limit = hw.state_limit - 1
+    return u, (xp.clip(v, -v_limit, v_limit) if saturate else v)
+
+
 def lif_fixed_step(activation, u, v, params: FixedLIFParameters, hw: HardwareConfig, xp=np):
     """One time step of Loihi's LIF neuron on integer arrays (batch, neurons).
 
     activation: synaptic input a[t] (int64) as delivered by the Dense process.
     Returns (spikes bool, u, v); v is already reset to 0 where a spike occurred.
     """
-    u = wrap_current(decay(u, params.du + hw.du_offset, hw, xp) + (activation << hw.activation_shift), hw, xp)
-    v_limit = hw.state_limit - 1
-    v = xp.clip(decay(v, params.dv + hw.dv_offset, hw, xp) + u + effective_bias(params, xp), -v_limit, v_limit)
+    u, v = lif_subthreshold(activation, u, v, params, hw, xp)
     spikes = v > (params.vth << hw.vth_shift)
     v = xp.where(spikes, xp.zeros_like(v), v)
     return spikes, u, v
@@ -113,39 +121,64 @@ def input_extremes(synapse: Node, weights: np.ndarray, source_shape: tuple[int, 
     return tuple(np.asarray(total, np.float64) for total in sums)
 
 
-def _extreme_potential(activation: np.ndarray, params: FixedLIFParameters, time_steps: int, hw: HardwareConfig,
-                       pick) -> np.ndarray:
-    u = v = reached = np.zeros_like(activation)
+@dataclass(frozen=True)
+class StateBounds:
+    """The extremes of a never-firing population's current u and potential v over a sample,
+    per neuron (int64 (neurons,)), computed without Lava's wrap and clip."""
+
+    u_high: np.ndarray
+    u_low: np.ndarray
+    v_high: np.ndarray
+    v_low: np.ndarray
+
+
+def _extreme_states(activation: np.ndarray, params: FixedLIFParameters, time_steps: int, hw: HardwareConfig,
+                    pick) -> tuple[np.ndarray, np.ndarray]:
+    u = v = reached_u = reached_v = np.zeros_like(activation)
     for _ in range(time_steps):
-        u_next = decay(u, params.du + hw.du_offset, hw) + (activation << hw.activation_shift)
-        v_next = decay(v, params.dv + hw.dv_offset, hw) + u_next + effective_bias(params)
+        u_next, v_next = lif_subthreshold(activation, u, v, params, hw, saturate=False)
         if np.array_equal(u_next, u) and np.array_equal(v_next, v):
             break  # a fixed point: every later step repeats it
         u, v = u_next, v_next
-        reached = pick(reached, v)
-    return reached
+        reached_u, reached_v = pick(reached_u, u), pick(reached_v, v)
+    return reached_u, reached_v
 
 
-def potential_extremes(largest_activation: np.ndarray, smallest_activation: np.ndarray, params: FixedLIFParameters,
-                       time_steps: int, hw: HardwareConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(highest, lowest) potential each neuron of a population that never fires can reach
-    within `time_steps` steps from zero state, when every step brings an activation between
-    `smallest_activation` and `largest_activation` (int64 (neurons,), after weight_exp).
+def state_bounds(largest_activation: np.ndarray, smallest_activation: np.ndarray, params: FixedLIFParameters,
+                 time_steps: int, hw: HardwareConfig) -> StateBounds:
+    """How high and low u and v of a population that never fires can go within `time_steps`
+    steps from zero state, when every step brings an activation between `smallest_activation`
+    and `largest_activation` (int64 (neurons,), after weight_exp).
 
-    The integer step is monotone in u, v and the activation (decay truncates toward zero),
-    so the largest input at every step gives the highest potential at every step; computed
-    without the 24-bit clip and wrap, so that a bound beyond them shows."""
-    return (_extreme_potential(largest_activation, params, time_steps, hw, np.maximum),
-            _extreme_potential(smallest_activation, params, time_steps, hw, np.minimum))
+    The step without wrap and clip is monotone in u, v and the activation (decay truncates
+    toward zero, the bias is fixed), so the largest input at every step gives the highest u and
+    v at every step, the smallest the lowest."""
+    u_high, v_high = _extreme_states(largest_activation, params, time_steps, hw, np.maximum)
+    u_low, v_low = _extreme_states(smallest_activation, params, time_steps, hw, np.minimum)
+    return StateBounds(u_high, u_low, v_high, v_low)
 
 
-def integrator_headroom(highest: np.ndarray, lowest: np.ndarray, vth: int, hw: HardwareConfig) -> str | None:
-    """Why a population that must never fire could fire or clip (None when it cannot): its
-    potential must stay at or below vth << vth_shift and above the 24-bit clip."""
-    firing_level, floor = vth << hw.vth_shift, -(hw.state_limit - 1)
-    top, bottom = int(highest.max(initial=0)), int(lowest.min(initial=0))
-    if top > firing_level:
-        return f"its potential can reach {top}, above its firing level {firing_level} (vth {vth} << {hw.vth_shift})"
-    if bottom < floor:
-        return f"its potential can fall to {bottom}, below the {hw.state_bits}-bit clip at {floor}"
+def integrator_headroom(bounds: StateBounds, vth: int, hw: HardwareConfig) -> str | None:
+    """Why a population that must never fire could fire, clip or wrap (None when it cannot):
+    v must stay at or below vth << vth_shift and above the 24-bit clip, u within the 24-bit
+    range Lava wraps it to (wrap_current)."""
+    firing_level, floor, limit = vth << hw.vth_shift, -(hw.state_limit - 1), hw.state_limit
+    v_top, v_bottom = int(bounds.v_high.max(initial=0)), int(bounds.v_low.min(initial=0))
+    u_top, u_bottom = int(bounds.u_high.max(initial=0)), int(bounds.u_low.min(initial=0))
+    if v_top > firing_level:
+        return f"its potential can reach {v_top}, above its firing level {firing_level} (vth {vth} << {hw.vth_shift})"
+    if v_bottom < floor:
+        return f"its potential can fall to {v_bottom}, below the {hw.state_bits}-bit clip at {floor}"
+    if u_top > limit or u_bottom <= -limit:
+        return (f"its current can reach {u_top if u_top > limit else u_bottom}, where the {hw.state_bits}-bit "
+                "current wraps")
     return None
+
+
+def activation_extremes(synapse: Node, quantized, source_shape: tuple[int, ...],
+                        hw: HardwareConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron, the largest and smallest activation one step of this integer synapse
+    (QuantizedSynapse) can deliver: Lava's effective weights, summed, shifted by weight_exp."""
+    weights = effective_weights(quantized.weight, quantized.sign_mode, quantized.num_weight_bits, hw)
+    high, low = input_extremes(synapse, weights, source_shape)
+    return shift_activation(high, quantized.weight_exp), shift_activation(low, quantized.weight_exp)

@@ -230,11 +230,11 @@ def _check_synapse(synapse: Synapse) -> None:
 def check_netx(network: ExportedNetwork) -> list[tuple[Synapse, LIF]]:
     """Raises NetxExportError (one line, naming the node) unless netx reproduces `network`
     exactly; returns its layers as (synapse, population), input to output."""
-    chain = netx_chain(network.graph)  # structure first: an unfolded pool is named as such
     if network.graph.output.readout != "spikes":
         raise NetxExportError(f"node {network.graph.output.name}: this network is read through its output "
                               "population's potential (readout 'potential'), which a netx network's spike output "
                               "does not carry; export it without netx (the artifact and Lava backend read it)")
+    chain = netx_chain(network.graph)  # structure first: an unfolded pool is named as such
     validate_network(network)
     hw = network.hardware
     differing = [f"{k} = {getattr(hw, k)} (Lava: {v})" for k, v in _LAVA_CONSTANTS.items() if getattr(hw, k) != v]

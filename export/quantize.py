@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from export.conv import conv_accumulate
-from export.fixed_point import (FixedLIFParameters, input_extremes, integrator_headroom, lif_fixed_step,
-                                potential_extremes)
+from export.fixed_point import (FixedLIFParameters, StateBounds, activation_extremes, integrator_headroom,
+                                lif_fixed_step, state_bounds)
 from export.fold import fold_average_pools
 from export.hw_config import HardwareConfig
 from export.netx import NETX_BIAS_EXP, NETX_WEIGHT_MAX, check_netx
@@ -169,46 +169,38 @@ def _population_scale(population: LIF, weights: list[np.ndarray], hw: HardwareCo
     return min(scale, (hw.vth_max + 0.5) * vth_unit / (population.v_threshold * shift))
 
 
-def _float_potential_bound(population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
-                           graph: Graph, time_steps: int) -> float:
-    """The largest |potential| (trained units) a population without reset reaches in
-    `time_steps` steps, every positive (or every negative) input spiking at every step."""
-    largest = sum(input_extremes(s, w, graph.shape_of(e.source))[0] for (s, e), w in zip(synapses, weights))
-    smallest = sum(input_extremes(s, w, graph.shape_of(e.source))[1] for (s, e), w in zip(synapses, weights))
-    bias = np.asarray(population.bias, np.float64)
-    bound = 0.0
-    for drive in (np.asarray(largest, np.float64) + bias, np.asarray(smallest, np.float64) + bias):
-        u = v = np.zeros_like(drive)
-        for _ in range(time_steps):
-            u = population.tau_current * u + drive
-            v = population.tau * v + u
-            bound = max(bound, float(np.abs(v).max(initial=0.0)))
-    return bound
+def _integrator_bounds(graph: Graph, population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
+                       scale: float, du: int, dv: int, hw: HardwareConfig, time_steps: int, netx: bool) -> StateBounds:
+    """The integer state bounds of a non-spiking population quantized at `scale`."""
+    largest = np.zeros(population.neurons, np.int64)
+    smallest = np.zeros(population.neurons, np.int64)
+    for (synapse, edge), w in zip(synapses, weights):
+        q, _ = _quantize_synapse(synapse, w, scale, hw, True, [], netx)
+        high, low = activation_extremes(synapse, q, graph.shape_of(edge.source), hw)
+        largest, smallest = largest + high, smallest + low
+    bias_mant, bias_exp, _ = _bias(population, scale, hw, True, [], NETX_BIAS_EXP if netx else None)
+    return state_bounds(largest, smallest, FixedLIFParameters(du, dv, hw.vth_max, bias_mant, bias_exp), time_steps, hw)
 
 
 def _integrator_scale(graph: Graph, population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
                       scale: float, hw: HardwareConfig, time_steps: int, netx: bool) -> float:
-    """The largest scale <= `scale` at which the integer potential of a non-spiking population
-    provably stays below the largest firing level and above the clip (module docstring)."""
-    firing_level = hw.vth_max << hw.vth_shift
-    bound = _float_potential_bound(population, synapses, weights, graph, time_steps)
-    if bound > 0:
-        scale = min(scale, firing_level / ((1 << hw.activation_shift) * bound))
+    """The largest scale <= `scale` (found to within 1%) at which the integer state of a
+    non-spiking population provably stays below the largest firing level and inside the 24-bit
+    ranges (module docstring). The bounds grow about linearly with the scale: a failing scale is
+    cut in proportion to its overshoot, then by 1% steps."""
     du, dv = _decays(population, hw, True, [])
-    for _ in range(200):  # rounding can add a little: lower the scale by 2% until the integer bound holds
-        largest = np.zeros(population.neurons, np.int64)
-        smallest = np.zeros(population.neurons, np.int64)
-        for (synapse, edge), w in zip(synapses, weights):
-            q, _ = _quantize_synapse(synapse, w, scale, hw, True, [], netx)
-            high, low = input_extremes(synapse, q.weight, graph.shape_of(edge.source))
-            largest, smallest = largest + high, smallest + low
-        bias_mant, bias_exp, _ = _bias(population, scale, hw, True, [], NETX_BIAS_EXP if netx else None)
-        params = FixedLIFParameters(du, dv, hw.vth_max, bias_mant, bias_exp)
-        if integrator_headroom(*potential_extremes(largest, smallest, params, time_steps, hw), hw.vth_max, hw) is None:
-            return scale
-        scale *= 0.98
+    budget = min(hw.vth_max << hw.vth_shift, hw.state_limit - 1)
+    with warnings.catch_warnings():  # trial scales only: the chosen one is quantized (and reported) by the caller
+        warnings.simplefilter("ignore", QuantizationWarning)
+        for _ in range(400):
+            bounds = _integrator_bounds(graph, population, synapses, weights, scale, du, dv, hw, time_steps, netx)
+            if integrator_headroom(bounds, hw.vth_max, hw) is None:
+                return scale
+            reach = max(int(np.abs(bounds.v_high).max(initial=0)), int(np.abs(bounds.v_low).max(initial=0)),
+                        int(np.abs(bounds.u_high).max(initial=0)), int(np.abs(bounds.u_low).max(initial=0)))
+            scale *= min(0.99, budget / reach) if reach > budget else 0.99
     raise ExportRangeError(f"node {population.name}: no weight scale keeps this non-spiking population's potential "
-                           f"below the firing level {firing_level} over {time_steps} steps")
+                           f"below its firing level and inside the 24-bit range over {time_steps} steps")
 
 
 def _quantize_synapse(synapse: Node, weights: np.ndarray, scale: float, hw: HardwareConfig, allow_clip: bool,
@@ -281,7 +273,7 @@ def _quantize_synapses(graph: Graph, population: LIF, synapses: list[tuple[Node,
         q, n_clipped = _quantize_synapse(synapse, w, scale, hw, allow_clip, notes, netx)
         fed.quantized.append(dataclasses.replace(synapse, weight=w.astype(np.float32), quantized=q))
         source_shape = graph.shape_of(edge.source)
-        high, low = input_extremes(synapse, q.weight, source_shape)
+        high, low = activation_extremes(synapse, q, source_shape, hw)
         fed.largest, fed.smallest = fed.largest + high, fed.smallest + low
         # A chip keeps a conv's kernel once per core (shared by the core's neurons); unrolled,
         # every connection would hold its own weight. Dense synapses are stored either way.
@@ -384,13 +376,13 @@ def quantize_graph(graph: Graph, encoding: str, time_steps: int, eval_seed: int,
     reports = [dataclasses.replace(r, depth=timing.emit[r.name] - timing.emit[deployed.input.name],
                                    synapses=tuple(dataclasses.replace(s, delay=timing.delay[s.name])
                                                   for s in r.synapses)) for r in reports]
-    total_cores = sum(r.cores_needed for r in reports)
-    if total_cores > hw.cores_per_chip:
-        notes.append(f"the network needs about {total_cores} cores (conv kernels shared), more than one {hw.name} "
-                     f"chip's {hw.cores_per_chip}")
+    report = QuantizationReport(hw.name, tuple(reports))
+    if report.total_cores > hw.cores_per_chip:
+        notes.append(f"the network needs about {report.total_cores} cores (conv kernels shared), more than one "
+                     f"{hw.name} chip's {hw.cores_per_chip}")
     notes += [f"population {r.name}: its synapses read more than the {hw.fan_in_axons_per_core} input axons of one "
               "core; the mapper must split it" for r in reports if r.fan_in_exceeds_core]
-    report = QuantizationReport(hw.name, tuple(reports), tuple(notes))
+    report = dataclasses.replace(report, warnings=tuple(notes))
     network = ExportedNetwork(deployed, encoding, time_steps, eval_seed, hw,
                               {**(metadata or {}), "quantization_report": report.to_dict()})
     validate_network(network)

@@ -11,8 +11,7 @@ import math
 
 import numpy as np
 
-from export.fixed_point import (FixedLIFParameters, effective_weights, input_extremes, integrator_headroom,
-                                potential_extremes, shift_activation)
+from export.fixed_point import FixedLIFParameters, activation_extremes, integrator_headroom, state_bounds
 from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.timing import TimingError, deployment_timing
@@ -83,13 +82,10 @@ def _validate_integrator(network: ExportedNetwork, population: LIF, name: str) -
     largest = np.zeros(population.neurons, np.int64)
     smallest = np.zeros(population.neurons, np.int64)
     for synapse, edge in graph.synapses_into(population.name):
-        sq = synapse.quantized
-        weights = effective_weights(sq.weight, sq.sign_mode, sq.num_weight_bits, hw)
-        high, low = input_extremes(synapse, weights, graph.shape_of(edge.source))
-        largest = largest + shift_activation(high, sq.weight_exp)
-        smallest = smallest + shift_activation(low, sq.weight_exp)
+        high, low = activation_extremes(synapse, synapse.quantized, graph.shape_of(edge.source), hw)
+        largest, smallest = largest + high, smallest + low
     params = FixedLIFParameters(q.du, q.dv, q.vth, np.asarray(q.bias_mant, np.int64), q.bias_exp)
-    problem = integrator_headroom(*potential_extremes(largest, smallest, params, network.time_steps, hw), q.vth, hw)
+    problem = integrator_headroom(state_bounds(largest, smallest, params, network.time_steps, hw), q.vth, hw)
     if problem:
         raise ExportRangeError(f"{name}: never fires in the trained network (v_threshold inf, read through its "
                                f"potential), but on the chip {problem} within {network.time_steps} steps")

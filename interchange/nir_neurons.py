@@ -110,6 +110,21 @@ def synaptic_scale(population: LIF, r_convention: str) -> float:
     return 1.0
 
 
+def _integrator(population: LIF, dt: float, bias: np.ndarray, bias_as_leak: bool, r_convention: str):
+    """A never-firing population (potential readout) as NIR's leaky integrator LI (or I, tau = 1)."""
+    shape, tau = population.shape, float(population.tau)
+    if population.tau_current > 0:
+        raise GraphError(f"node {population.name}: a non-spiking current-based population has no NIR node here "
+                         "(NIR's LI has no synaptic current)")
+    if tau >= 1:
+        if bias_as_leak and np.any(bias):
+            raise GraphError(f"node {population.name}: a non-leaking integrator (tau = 1) has no v_leak to carry its bias")
+        return nir.I(r=np.full(shape, 1 / dt))
+    tau_mem = dt / (1 - tau)
+    return nir.LI(tau=np.full(shape, tau_mem), r=np.full(shape, tau_mem / dt / synaptic_scale(population, r_convention)),
+                  v_leak=(bias / (1 - tau)).reshape(shape) if bias_as_leak else np.zeros(shape))
+
+
 def nir_neuron(population: LIF, dt: float, bias_as_leak: bool, r_convention: str = "tau"):
     """The NIR node that steps like `population` at time step dt (s).
 
@@ -123,6 +138,8 @@ def nir_neuron(population: LIF, dt: float, bias_as_leak: bool, r_convention: str
     full = lambda value: np.full(shape, float(value))  # noqa: E731  (NIR wants per-neuron arrays)
     tau, tau_current = float(population.tau), float(population.tau_current)
     bias = np.zeros(population.neurons) if population.bias is None else np.asarray(population.bias, np.float64)
+    if not population.spiking:
+        return _integrator(population, dt, bias, bias_as_leak, r_convention)
     if tau_current > 0:
         if tau >= 1 or tau_current >= 1:
             raise GraphError(f"node {population.name}: a current-based neuron with tau = {tau:g} and tau_current = "
@@ -133,12 +150,6 @@ def nir_neuron(population: LIF, dt: float, bias_as_leak: bool, r_convention: str
                            v_reset=full(0.0), w_in=full(tau_syn / dt))
     if bias_as_leak and tau >= 1 and np.any(bias):
         raise GraphError(f"node {population.name}: a non-leaking neuron (tau = 1) has no v_leak to carry its bias")
-    if not population.spiking:  # never fires (potential readout): NIR's leaky integrator, or integrator
-        if tau >= 1:
-            return nir.I(r=full(1 / dt))
-        tau_mem = dt / (1 - tau)
-        return nir.LI(tau=full(tau_mem), r=full(tau_mem / dt / synaptic_scale(population, r_convention)),
-                      v_leak=(bias / (1 - tau)).reshape(shape) if bias_as_leak else np.zeros(shape))
     if tau >= 1:
         return nir.IF(r=full(1 / dt), v_threshold=full(population.v_threshold), v_reset=full(0.0))
     tau_mem = dt / (1 - tau)

@@ -96,6 +96,7 @@ class PairComparison:
     first_divergence: tuple[FirstDivergence, ...]  # per diverging sample, earliest (step, population)
     divergence_by_population: dict[str, int]
     output_potential: PotentialComparison | None = None
+    non_spiking: tuple[str, ...] = ()  # populations read through their potential (their spikes are all 0)
 
     @property
     def identical(self) -> bool:
@@ -154,6 +155,11 @@ class FidelityReport:
         for pair in self.pairs:
             label = f"{pair.reference} vs {pair.candidate}"
             for p in pair.populations:
+                if p.population in pair.non_spiking:
+                    lines.append(f"{label:<24}{p.population:>{width}}  never fires (potential readout): "
+                                 f"{p.mismatched_spikes} spikes")
+                    label = ""
+                    continue
                 lines.append(f"{label:<24}{p.population:>{width}}{100 * p.spike_train_match:>12.2f}%"
                              f"{p.spike_count_correlation:>9.4f}{p.reference_rate:>10.4f}"
                              f"{p.candidate_rate:>10.4f}{p.mismatched_spikes:>10d}{p.samples_diverging:>9d}")
@@ -238,6 +244,7 @@ def compare_pair(reference: BackendRun, candidate: BackendRun, must_be_identical
         populations=tuple(compared), first_divergence=divergences,
         divergence_by_population={k: v for k, v in by_population.items() if v},
         output_potential=_compare_potentials(reference, candidate),
+        non_spiking=(reference.output,) if reference.readout == "potential" else (),
     )
 
 

@@ -23,12 +23,17 @@ def predict_classes(output_spikes):
     return counts.argmax(axis=1)
 
 
+def final_potential(output_potential):
+    """The potential the readout reads: the last step's, (samples, time, classes) -> (samples, classes)."""
+    return output_potential[:, -1]
+
+
 def predict_from_potential(output_potential):
     """Class whose output neuron has the highest potential at the sample's last step.
 
     output_potential: (samples, time, classes), numpy or torch, integer (Loihi units) or float.
     Returns (samples,) integer classes of the same array type."""
-    return output_potential[:, -1].argmax(axis=1)
+    return final_potential(output_potential).argmax(axis=1)
 
 
 def predict(readout: str, output_spikes, output_potential=None):

@@ -34,6 +34,13 @@ EXIT_USAGE = 2
 EXIT_GATE = 1
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -112,6 +119,10 @@ def _add_export(sub) -> None:
                    help="output path (.onnx, .nir or .net); onnx and netx write the quantization report beside it")
     p.add_argument("--allow-clip", action="store_true",
                    help="clip out-of-range weights/biases/decays with a warning instead of refusing")
+    p.add_argument("--measure", type=_non_negative_int, default=256, metavar="N",
+                   help="onnx, netx: measure each population's quantization error (trained float vs integer, by "
+                        "depth) on the first N test samples into the report (default 256; 0: skip)")
+    p.add_argument("--data-path", help="--measure: directory of the data files (default: the training config's)")
     p.add_argument("--dt", type=_positive_float, default=DEFAULT_DT,
                    help=f"nir only: seconds per time step the NIR time constants are stated for (default {DEFAULT_DT:g}, "
                         "the step snnTorch's import_from_nir assumes)")
@@ -141,7 +152,7 @@ def _cmd_export(args) -> int:
     with warnings.catch_warnings():
         # The notes are collected in the report and printed with it.
         warnings.simplefilter("ignore", QuantizationWarning)
-        network, report = export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip, netx=netx)
+        network, report = _export_measured(args, hw, netx)
     artifact = Path(args.output).with_suffix(".onnx") if netx else Path(args.output)
     if netx:
         save_netx(network, args.output)
@@ -158,6 +169,19 @@ def _cmd_export(args) -> int:
         print(f"artifact: {artifact}")
     print(f"report:   {report_path}")
     return 0
+
+
+def _export_measured(args, hw, netx: bool):
+    """export_checkpoint with --measure; without the data set's files the error is not measured (said so)."""
+    measure = getattr(args, "measure", 0)
+    try:
+        return export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip, netx=netx, measure_samples=measure,
+                                 data_path=getattr(args, "data_path", None))
+    except DataError as exc:
+        if not measure:
+            raise
+        print(f"note: quantization error not measured on data ({exc}); pass --data-path, or --measure 0")
+        return export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip, netx=netx)
 
 
 def _add_lava_conv(p) -> None:
@@ -333,7 +357,7 @@ def _cmd_demo(args) -> int:
     artifact = out / "net.onnx"
     print(f"\n[2/3] exporting for {args.hw} -> {artifact}")
     _cmd_export(argparse.Namespace(checkpoint=str(checkpoint), format="onnx", hw=args.hw, output=str(artifact),
-                                   allow_clip=False))
+                                   allow_clip=False, measure=256, data_path=None))
     print("\n[3/3] trained model vs emulator vs Lava fixed_pt vs Lava floating_pt")
     compare_args = argparse.Namespace(command="demo", data_path=None, limit=args.limit,
                                       backends="trained,emulator,lava_fixed,lava_float", shards=args.shards,

@@ -6,6 +6,7 @@ lava_backend), which never import it or each other's upward neighbours.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -19,10 +20,10 @@ from export.emulator import emulate
 from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.quantize import quantize_graph
-from export.report import QuantizationReport
+from export.report import MeasuredLayerError, QuantizationReport
 from interchange.nir_export import write_nir
 from interchange.nir_import import ImportedNetwork, NIRImportError, import_nir, read_nir
-from lava_backend.fidelity import BACKENDS, REFERENCE, BackendRun, FidelityReport, build_report
+from lava_backend.fidelity import BACKENDS, REFERENCE, BackendRun, FidelityReport, build_report, compare_pair
 from lava_backend.runner import run_network
 from netgraph import Dense, Graph, Input
 from netgraph.provenance import package_versions
@@ -36,9 +37,12 @@ class FidelityError(ValueError):
 
 
 def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig, allow_clip: bool = False,
-                      netx: bool = False) -> tuple[ExportedNetwork, QuantizationReport]:
+                      netx: bool = False, measure_samples: int = 0,
+                      data_path: str | None = None) -> tuple[ExportedNetwork, QuantizationReport]:
     """Quantizes a trainer checkpoint's network graph; the artifact records where it came from.
-    netx: quantize so that lava-dl netx reproduces the integers exactly (export.netx)."""
+    netx: quantize so that lava-dl netx reproduces the integers exactly (export.netx).
+    measure_samples: also measure each population's quantization error on the first N test
+    samples of the checkpoint's data set (data_path, else the config's), into the report."""
     checkpoint = load_checkpoint(checkpoint_path)
     history = checkpoint.history[-1] if checkpoint.history else {}
     metadata = {
@@ -52,8 +56,29 @@ def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig, allow_cli
         "export_versions": package_versions(),
     }
     config = checkpoint.config
-    return quantize_graph(float_graph(checkpoint), config.encoding.kind, config.encoding.time_steps,
-                          config.training.eval_seed, hw, allow_clip, metadata, netx=netx)
+    network, report = quantize_graph(float_graph(checkpoint), config.encoding.kind, config.encoding.time_steps,
+                                     config.training.eval_seed, hw, allow_clip, metadata, netx=netx)
+    if measure_samples:
+        report = measure_layer_errors(checkpoint, network, report, measure_samples, data_path or config.data.path)
+        network = dataclasses.replace(network, metadata={**network.metadata, "quantization_report": report.to_dict()})
+    return network, report
+
+
+def measure_layer_errors(checkpoint: Checkpoint, network: ExportedNetwork, report: QuantizationReport, samples: int,
+                         data_path: str | None) -> QuantizationReport:
+    """The report with each population's trained-vs-integer error on `samples` test samples
+    (error growth with depth); raises the data set's own error when its files are missing."""
+    split = evaluation_split(network, checkpoint.config.data.name, data_path, samples)
+    spikes = evaluation_spikes(network, split)
+    comparison = compare_pair(trained_run(checkpoint, spikes), emulator_run(network, spikes), False)
+    depth = {p.name: p.depth for p in report.populations}
+    measured = tuple(MeasuredLayerError(p.population, depth[p.population], p.spike_train_match,
+                                        p.spike_count_correlation, p.reference_rate, p.candidate_rate)
+                     for p in comparison.populations if p.population not in comparison.non_spiking)
+    potential = comparison.output_potential
+    return dataclasses.replace(report, measured=measured, measured_samples=len(split.labels),
+                               measured_output_potential_error=None if potential is None
+                               else potential.rms_difference / max(potential.reference_rms, 1e-300))
 
 
 def evaluation_split(network: ExportedNetwork, name: str, path: str | None, limit: int | None) -> Split:
@@ -155,6 +180,9 @@ def load_reference(path: str | Path, graph: Graph, origin: dict | None, samples_
     """Spikes a source framework recorded on the evaluation input spikes (`stbp run
     --save-input-spikes`): a .npz with one uint8/bool array (samples, T, *shape) per population,
     keyed by the graph's population name, the NIR node name it was imported from, or `output`."""
+    if graph.output.readout != "spikes":
+        raise FidelityError(f"{path}: a framework reference holds spikes, but this network is read through its output "
+                            "potential (readout 'potential'); compare it without --reference")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:

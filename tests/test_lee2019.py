@@ -16,7 +16,7 @@ from helpers import assert_bit_exact, assert_resume_continues_exactly
 from netgraph import LIF, Dense, Edge, Graph, GraphError, Input, Output, predict_from_potential
 from spikedata import load_dataset
 from stbp_cli.pipeline import export_checkpoint, trained_run
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import float_graph, load_checkpoint
 from trainer.config import ConfigError, config_from_dict
 from trainer.encoding import encode_split
 from trainer.lee2019 import LeakAwarePopulation, leak_aware_sequence, leak_correction
@@ -97,6 +97,88 @@ def test_dropout_mask_is_held_over_all_steps_of_a_sample():
     assert torch.equal(population.over_time([current]), fired)
 
 
+def test_dropout_masks_one_per_sample_and_neuron_not_on_pools_or_output(tmp_path):
+    from trainer.lee2019 import _draw_masks, prepare
+    from trainer.network import SpikingNetwork
+
+    config = _config(tmp_path)
+    model = SpikingNetwork.from_config(config.model, (1, 8, 8))
+    prepare(model, config.training.lee2019, seed=0)
+    _draw_masks(model, 64, config.training.lee2019, torch.Generator().manual_seed(0))
+    masks = {name: model.nodes[name].mask for name in ("stem", "b1", "b2", "pool", "fc")}
+    assert masks["pool"] is None and masks["fc"] is None
+    for name in ("stem", "b1", "b2"):
+        mask = masks[name]
+        assert mask.shape == (64, *model.graph.node(name).shape)
+        assert set(mask.unique().tolist()) == {0.0, 1 / 0.8}  # inverted dropout at p = 0.2
+        assert abs(float((mask == 0).float().mean()) - 0.2) < 0.02
+        assert not torch.equal(mask[0], mask[1])  # each sample its own mask
+
+
+def test_state_bounds_by_hand():
+    from export.fixed_point import FixedLIFParameters, integrator_headroom, state_bounds
+
+    # du 4095: u = a << 6 each step; dv 2048: v halves (toward zero); bias -10
+    params = FixedLIFParameters(du=4095, dv=2048, vth=8, bias_mant=np.array([-10]), bias_exp=0)
+    bounds = state_bounds(np.array([5]), np.array([-3]), params, 3, LOIHI2)
+    # highest: 320 - 10 = 310; 155 + 310 = 465; 232 + 310 = 542. lowest: -202; -101 - 202 = -303; -151 - 202 = -353
+    assert (bounds.u_high[0], bounds.v_high[0], bounds.u_low[0], bounds.v_low[0]) == (320, 542, -192, -353)
+    assert "can reach 542, above its firing level 512" in integrator_headroom(bounds, 8, LOIHI2)
+    assert integrator_headroom(bounds, 9, LOIHI2) is None  # 542 <= 576
+    # a current that decays by half builds up: u = 320, 480, 560; v (bias 0) = 320, 640, 880
+    params = FixedLIFParameters(du=2047, dv=2048, vth=8, bias_mant=np.array([0]), bias_exp=0)
+    bounds = state_bounds(np.array([5]), np.array([0]), params, 3, LOIHI2)
+    assert (bounds.u_high[0], bounds.v_high[0]) == (560, 880)
+    # the current wraps at 2^23 even when a negative bias keeps v in range
+    params = FixedLIFParameters(du=4095, dv=2048, vth=LOIHI2.vth_max, bias_mant=np.array([-4095]), bias_exp=10)
+    bounds = state_bounds(np.array([(1 << 17) + 1]), np.array([0]), params, 1, LOIHI2)
+    assert "where the 24-bit current wraps" in integrator_headroom(bounds, LOIHI2.vth_max, LOIHI2)
+    low = state_bounds(np.array([0]), np.array([-(1 << 17)]), FixedLIFParameters(4095, 0, 1, np.array([-1]), 0), 1,
+                       LOIHI2)
+    assert "below the 24-bit clip" in integrator_headroom(low, 1, LOIHI2)
+
+
+def test_export_lowers_the_scale_until_the_current_cannot_wrap():
+    # 530 inputs of weight 1 and a negative bias: at the weights' own scale (254 per unit) the current
+    # would reach 530 * 254 << 6 > 2^23 while the bias keeps v in range (the float potential: 497.9)
+    from export.emulator import emulate
+    from export.quantize import quantize_graph
+
+    graph = Graph((Input("i", (530,)), Dense("d", 1, weight=np.ones((1, 530))),
+                   LIF("p", (1,), tau=0.5, v_threshold=math.inf, bias=np.array([-32.1])), Output("o", "potential")),
+                  (Edge("i", "d"), Edge("d", "p"), Edge("p", "o")))
+    network, _ = quantize_graph(graph, "bernoulli", 1, 0, LOIHI2)
+    emulated = emulate(network, np.ones((1, 1, 530), np.uint8))
+    assert network.potential_in_trained_units(emulated.output_potential)[0, 0, 0] == pytest.approx(497.9, rel=0.01)
+
+
+def test_old_artifacts_without_a_readout_read_spikes(trained, tmp_path):
+    import onnx
+
+    _, result = trained
+    network, _ = export_checkpoint(result.checkpoint_path, LOIHI2)
+    save_artifact(network, tmp_path / "net.onnx")
+    model = onnx.load(str(tmp_path / "net.onnx"))
+    kept = [p for p in model.metadata_props if p.key != "output_readout"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    # without the key the Output reads spikes, which a never-firing population cannot feed: refused by name
+    with pytest.raises(ArtifactError, match="node fc: a population that never fires"):
+        load_artifact(tmp_path / "old.onnx")
+
+
+def test_spiking_pool_config_errors(tmp_path):
+    config = _config(tmp_path).to_dict()
+    layers = config["model"]["layers"]
+    with pytest.raises(ConfigError, match="must be dense or conv"):
+        config_from_dict({**config, "model": {**config["model"], "layers": layers[:4]}})
+    bad = [*layers[:4], {"name": "h", "type": "dense", "units": 5}, {"name": "p2", "type": "avgpool", "kernel_size": 2,
+                                                                     "v_threshold": 0.875}, layers[4]]
+    with pytest.raises(ConfigError, match="avgpool must read a conv layer or the input"):
+        config_from_dict({**config, "model": {**config["model"], "layers": bad}})
+
+
 def _config(tmp_path, **overrides):
     raw = {
         "seed": 1, "output_dir": str(tmp_path / "run"),
@@ -160,8 +242,7 @@ def test_residual_network_trains_with_frozen_biases_and_fixed_pool(trained):
     pool = result.model.nodes["pool_from_b2"].weight
     assert "nodes.pool_from_b2.weight" not in state  # rebuilt from the config, never trained
     assert float(pool[1, 1, 0, 0]) == 0.25 and float(pool[0, 1, 0, 0]) == 0.0
-    rates = result.history[-1]["test_firing_rates"]
-    assert all(rate > 0 for rate in rates[:-1]) and rates[-1] == 0.0  # the output never fires
+    assert all(rate > 0 for rate in result.history[-1]["test_firing_rates"][:-1])  # every hidden population fires
 
 
 def test_training_resumes_bit_for_bit(tmp_path, trained):
@@ -198,10 +279,57 @@ def test_residual_network_with_potential_readout_deploys_bit_exact(trained):
     test = load_dataset("digits").test.head(24)
     spikes = encode_split("bernoulli", test.inputs, 10, network.eval_seed)
     emulated, lava = assert_bit_exact(network, spikes, require_firing=True)
-    assert np.array_equal(lava.predictions, emulated.output_potential[:, -1].argmax(axis=1))
     # the deployed potential, in trained units, follows the float network's
     float_run = trained_run(load_checkpoint(result.checkpoint_path), spikes)
     deployed = network.potential_in_trained_units(emulated.output_potential)
     error = np.abs(deployed - float_run.output_potential).mean() / np.abs(float_run.output_potential).mean()
     assert error < 0.3
     assert (float_run.predictions == emulated.predictions).mean() > 0.6
+
+
+def test_spiking_pool_is_a_fixed_average_into_integrate_and_fire_neurons(tmp_path):
+    from trainer.architecture import build_graph
+
+    graph = build_graph(_config(tmp_path).model, (1, 8, 8))
+    synapse, population = graph.node("pool_from_b2"), graph.node("pool")
+    assert (synapse.stride, synapse.padding, synapse.kernel_size) == (2, 0, (2, 2))
+    assert synapse.weight.shape == (6, 6, 2, 2) and synapse.weight.sum() == pytest.approx(6.0)
+    assert (population.tau, population.v_threshold, population.shape) == (1.0, 0.875, (6, 4, 4))
+    # the paper's '> 0.75' on quarter spikes: 3 spikes (0.75) do not fire, 4 (1.0) do; with dropout at
+    # p = 0.2 each spike counts 1.25 quarters and 3 fire (0.9375), as in the authors' code
+    assert 3 * 0.25 < population.v_threshold <= 4 * 0.25 and 3 * 0.25 * 1.25 >= population.v_threshold
+
+
+def test_export_measures_error_growth_with_depth(trained):
+    _, result = trained
+    network, report = export_checkpoint(result.checkpoint_path, LOIHI2, measure_samples=40)
+    assert report.measured_samples == 40
+    assert [m.population for m in report.measured] == ["stem", "b1", "b2", "pool"]  # not the non-spiking output
+    assert [m.depth for m in report.measured] == [1, 2, 3, 4]
+    assert all(0 < m.spike_train_match <= 1 for m in report.measured)
+    assert 0 <= report.measured_output_potential_error < 0.5
+    assert "error growth with depth" in report.format_table()
+    assert network.metadata["quantization_report"]["measured_samples"] == 40
+
+
+def test_the_readout_travels_through_every_file_format(trained, tmp_path):
+    import nir
+    import onnx
+
+    from export.netx import NetxExportError, check_netx
+    from interchange.nir_export import graph_to_nir
+
+    _, result = trained
+    network, _ = export_checkpoint(result.checkpoint_path, LOIHI2)
+    written = graph_to_nir(float_graph(load_checkpoint(result.checkpoint_path)))
+    assert isinstance(written.nodes["fc"], nir.LI)  # NIR's leaky integrator: the output never fires
+    with pytest.raises(NetxExportError, match="potential"):
+        check_netx(network)
+    save_artifact(network, tmp_path / "net.onnx")
+    model = onnx.load(str(tmp_path / "net.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "output_readout":
+            prop.value = "voltage"
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ArtifactError, match="output_readout' must be one of spikes, potential"):
+        load_artifact(tmp_path / "bad.onnx")

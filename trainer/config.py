@@ -540,12 +540,26 @@ def _check_lee2019_network(model: ModelConfig, source: str) -> None:
         if tau_current:
             raise ConfigError(f"{source}: model.layers[{i}]: training.method 'lee2019': the paper's neuron has no "
                               f"synaptic current; layer {layer.name!r} has tau_current {tau_current} (set it to 0)")
+        tau = 1.0 if layer.spiking_pool else model.tau if layer.tau is None else layer.tau
+        if tau <= 0:
+            raise ConfigError(f"{source}: model.layers[{i}]: training.method 'lee2019' corrects its gradient by the "
+                              f"leak's logarithm; layer {layer.name!r} has tau {tau} (it must be above 0)")
         if layer.lateral_inhibition or any(inp.recurrent for inp in layer.inputs):
             raise ConfigError(f"{source}: model.layers[{i}]: training.method 'lee2019' trains feed-forward networks; "
                               f"layer {layer.name!r} has a recurrent input or lateral inhibition (use 'stbp')")
     if model.init != "pytorch":
         raise ConfigError(f"{source}: model.init: training.method 'lee2019' draws its weights by its own rule "
                           f"(training.lee2019.init_gain), not {model.init!r}; remove model.init")
+
+
+def _check_lee2019_training(model: ModelConfig, training: TrainingConfig, source: str) -> None:
+    """Settings Lee et al. 2019 would otherwise ignore without a word."""
+    if training.loss != "mse":
+        raise ConfigError(f"{source}: training.loss: training.method 'lee2019' trains on the paper's summed squared "
+                          f"error of V(T)/T, not {training.loss!r}; remove training.loss")
+    if not model.temporal_gradient:
+        raise ConfigError(f"{source}: model.temporal_gradient: training.method 'lee2019' backpropagates through "
+                          "time (its leak correction assumes it); remove temporal_gradient: false")
 
 
 def _check_method_network(model: ModelConfig, training: TrainingConfig, time_steps: int, source: str) -> None:
@@ -555,6 +569,7 @@ def _check_method_network(model: ModelConfig, training: TrainingConfig, time_ste
                           "counts; set readout: spikes")
     if training.method == "lee2019":
         _check_lee2019_network(model, source)
+        _check_lee2019_training(model, training, source)
     if training.method == "hm2bp":
         _check_hm2bp_network(model, training.hm2bp, time_steps, source)
     elif training.method == "mpbp":

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from netgraph import CURRENT, LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, Input, Node, Output, Sum, predict
+from netgraph import (CURRENT, LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, Input, Node, Output, Sum, final_potential,
+                      predict)
 from trainer.architecture import build_graph, fan_in
 from trainer.config import ModelConfig
 from trainer.neuron import LIFParameters, LIFState, lif_sequence, lif_step
@@ -146,9 +147,13 @@ class LIFPopulation(NodeModule):
         self.surrogate, self.temporal_gradient = surrogate, temporal_gradient
         self.per_channel = len(node.shape) == 3
         self.bias = nn.Parameter(torch.empty(node.shape[0] if self.per_channel else node.neurons))
-        inputs = fan_in(graph, node.name)  # 0 when the config fixes every synapse (a spiking pool): bias 0
-        bound = 1 / math.sqrt(inputs) if inputs else 0.0  # PyTorch's Linear/Conv2d bias default
-        nn.init.uniform_(self.bias, -bound, bound)
+        inputs = fan_in(graph, node.name)
+        if inputs == 0:  # the config fixes every synapse into it (a spiking pool): no bias, none trained
+            nn.init.zeros_(self.bias)
+            self.bias.requires_grad_(False)
+        else:
+            bound = 1 / math.sqrt(inputs)  # PyTorch's Linear/Conv2d bias default
+            nn.init.uniform_(self.bias, -bound, bound)
         if threshold_gains:
             self.register_buffer("threshold_gain", torch.ones(node.neurons))
 
@@ -232,7 +237,7 @@ class NetworkOutput:
         the output potential at the last step over the number of steps (Lee et al. 2019's
         V(T) / T)."""
         if self.readout == "potential":
-            return self.output_potential[:, -1] / self.output_potential.shape[1]
+            return final_potential(self.output_potential) / self.output_potential.shape[1]
         return self.output_rates
 
     @property

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from netgraph import Graph
+from netgraph import Graph, final_potential
 from netgraph.provenance import derive_seed, package_versions
 from spikedata import Dataset, Split, load_dataset
 from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -56,7 +56,7 @@ def loss_fn(kind: str, out: NetworkOutput, labels: torch.Tensor, num_classes: in
     if kind == "mse":
         target = F.one_hot(labels, num_classes).to(out.decoded.dtype)
         return 0.5 * ((out.decoded - target) ** 2).sum(dim=1).mean()
-    logits = out.output_spikes.sum(dim=1) if out.readout == "spikes" else out.output_potential[:, -1]
+    logits = out.output_spikes.sum(dim=1) if out.readout == "spikes" else final_potential(out.output_potential)
     return F.cross_entropy(logits, labels)
 
 
