@@ -333,7 +333,12 @@ def plot_report(report: FidelityReport, runs: dict[str, BackendRun], path, sampl
     for column, backend in enumerate(("trained", deployed)):
         other = runs[deployed if column == 0 else "trained"]
         for row, name in enumerate(names):
-            _raster(axes[row, column], runs[backend].population_spikes[name][sample],
+            run = runs[backend]
+            if name == run.output and run.output_potential is not None:  # a non-spiking output: its potential
+                _potentials(axes[row, column], run.output_potential[sample], f"{backend}, sample {sample}, {name}: potentials "
+                            "(highest at the end wins)")
+                continue
+            _raster(axes[row, column], run.population_spikes[name][sample],
                     other.population_spikes[name][sample], f"{backend}, sample {sample}, {name} (red: differs)",
                     "black" if column == 0 else "tab:blue")
             axes[row, column].set_ylabel(f"{name}\nneuron")
@@ -357,6 +362,16 @@ def _raster(ax, spikes: np.ndarray, other: np.ndarray, title: str, color: str) -
     dt, dn = np.nonzero(spikes != other)
     ax.scatter(dt, dn, s=14, facecolors="none", edgecolors="red", linewidths=0.6)
     ax.set_xlim(-0.5, spikes.shape[0] - 0.5)
+    ax.set_title(title, fontsize=9)
+
+
+def _potentials(ax, potential: np.ndarray, title: str) -> None:
+    """potential (T, classes) in trained units, one line per output neuron."""
+    for k in range(potential.shape[1]):
+        ax.plot(np.arange(potential.shape[0]), potential[:, k], linewidth=0.9, label=str(k))
+    ax.set_xlim(-0.5, potential.shape[0] - 0.5)
+    ax.set_ylabel("potential")
+    ax.legend(fontsize=6, ncol=5, title="class", title_fontsize=6)
     ax.set_title(title, fontsize=9)
 
 

@@ -78,11 +78,9 @@ def test_non_spiking_output_integrates_with_gradient_one_per_step():
 
 
 def _population(dropout: bool) -> LeakAwarePopulation:
-    from trainer.network import LIFPopulation
-
     graph = Graph((Input("i", (6,)), Dense("d", 6), LIF("p", (6,), tau=0.9, v_threshold=0.5), Output("o")),
                   (Edge("i", "d"), Edge("d", "p"), Edge("p", "o")))
-    return LeakAwarePopulation(LIFPopulation(graph.node("p"), graph, Surrogate(), True), dropout)
+    return LeakAwarePopulation(graph.node("p"), graph, dropout)
 
 
 def test_dropout_mask_is_held_over_all_steps_of_a_sample():

@@ -48,9 +48,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from netgraph import LIF, Graph
 from trainer.config import Lee2019Config
 from trainer.network import ConvSynapse, DenseSynapse, LIFPopulation, NetworkOutput, SpikingNetwork
 from trainer.neuron import LIFParameters
+from trainer.surrogate import Surrogate
 
 
 def leak_correction(spikes: torch.Tensor, tau: float) -> torch.Tensor:
@@ -122,14 +124,15 @@ def leak_aware_sequence(current: torch.Tensor, params: LIFParameters, spiking: b
 
 
 class LeakAwarePopulation(LIFPopulation):
-    """A population trained with the paper's neuron (leak_aware_sequence), with the dropout
-    mask of the current batch applied to its spikes in training (`mask`, set per batch)."""
+    """A population trained with the paper's neuron (leak_aware_sequence): no bias (held at 0,
+    not trained), and the dropout mask of the current batch applied to its spikes in training
+    (`mask`, set per batch by train_step) when it `dropout`s."""
 
-    def __init__(self, original: LIFPopulation, dropout: bool):
-        nn.Module.__init__(self)
-        self.params, self.surrogate = original.params, original.surrogate
-        self.temporal_gradient, self.per_channel = True, original.per_channel
-        self.bias = original.bias
+    def __init__(self, node: LIF, graph: Graph, dropout: bool):
+        super().__init__(node, graph, Surrogate(), temporal_gradient=True)  # the surrogate is not used
+        with torch.no_grad():
+            self.bias.zero_()
+        self.bias.requires_grad_(False)
         self.dropout = dropout
         self.mask: torch.Tensor | None = None
 
@@ -151,8 +154,8 @@ def _fixed_input(model: SpikingNetwork, population: str) -> bool:
 
 
 def prepare(model: SpikingNetwork, config: Lee2019Config, seed: int) -> None:
-    """Gives every population the paper's neuron, draws the weights (module docstring) from
-    `seed`, and zeroes and freezes the biases. Call before building the optimizer."""
+    """Gives every population the paper's neuron (LeakAwarePopulation: no bias) and draws the
+    weights (module docstring) from `seed`. Call before building the optimizer."""
     generator = torch.Generator().manual_seed(seed)
     output = model.graph.output_population.name
     for name in model.graph.order:
@@ -163,11 +166,8 @@ def prepare(model: SpikingNetwork, config: Lee2019Config, seed: int) -> None:
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator, dtype=torch.float64)
                                     * math.sqrt(config.init_gain / fan_in))
         elif isinstance(module, LIFPopulation):
-            with torch.no_grad():
-                module.bias.zero_()
-            module.bias.requires_grad_(False)
             dropout = config.dropout > 0 and name != output and not _fixed_input(model, name)
-            model.nodes[name] = LeakAwarePopulation(module, dropout)
+            model.nodes[name] = LeakAwarePopulation(model.graph.node(name), model.graph, dropout)
 
 
 def _draw_masks(model: SpikingNetwork, batch: int, config: Lee2019Config, generator: torch.Generator | None) -> None:
