@@ -20,7 +20,7 @@ from pathlib import Path
 import nir
 import numpy as np
 
-from interchange.nir_neurons import NIR_NEURONS, DiscreteNeuron, discretize
+from interchange.nir_neurons import NIR_INTEGRATORS, NIR_NEURONS, DiscreteNeuron, discretize
 from netgraph import LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, GraphError, Input, Output, Sum, unique_name
 from netgraph.geometry import ConvGeometry, pooled_shape
 
@@ -113,7 +113,9 @@ class _Importer:
                 raise self.error(key, "nested NIR graphs (subgraphs) are not supported; write the graph flat")
             if not isinstance(node, SUPPORTED):
                 names = ", ".join(sorted(t.__name__ for t in SUPPORTED))
-                raise self.error(key, f"NIR {type(node).__name__} has no exact Loihi LIF mapping here "
+                later = (" (a non-spiking output, which export writes as LI or I, is not read back yet)"
+                         if isinstance(node, NIR_INTEGRATORS) else "")
+                raise self.error(key, f"NIR {type(node).__name__} has no exact Loihi LIF mapping here{later} "
                                       f"(supported: {names})")
         for kind, what in ((nir.Input, "input"), (nir.Output, "output")):
             found = self.kinds(kind)

@@ -43,6 +43,7 @@ from netgraph import LIF, GraphError
 
 DEFAULT_DT = 1e-4  # seconds per step: snnTorch's import_from_nir hard-codes it
 NIR_NEURONS = (nir.LIF, nir.CubaLIF, nir.IF)  # the NIR neuron nodes that map onto the graph's LIF
+NIR_INTEGRATORS = (nir.LI, nir.I)  # what a non-spiking output (potential readout) is written as
 
 
 def _clean(values: np.ndarray, digits: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from export.quantize import QuantizationWarning
 from export.timing import TimingError, deployment_timing
 from export.validate import ExportRangeError
 from interchange.nir_import import NIRImportError
-from interchange.nir_neurons import DEFAULT_DT, NIR_NEURONS
+from interchange.nir_neurons import DEFAULT_DT, NIR_INTEGRATORS, NIR_NEURONS
 from lava_backend.fidelity import check_gates, plot_report
 from lava_backend.runner import run_network
 from netgraph import Graph, GraphError
@@ -139,7 +139,7 @@ def _cmd_export(args) -> int:
             raise ValueError(f"{args.output}: a NIR file should not be named .onnx (use .nir)")
         written = export_nir(args.checkpoint, args.output, args.dt, args.nir_r)
         kinds = ", ".join(f"{name} ({type(node).__name__})" for name, node in written.nodes.items()
-                          if isinstance(node, NIR_NEURONS))
+                          if isinstance(node, NIR_NEURONS + NIR_INTEGRATORS))
         print(f"NIR graph: {args.output} (dt = {args.dt:g} s, r convention {args.nir_r}; populations {kinds}). Conventions: spikes when "
               "v >= v_threshold (NIR states v > v_threshold), reset to 0, bias added every step "
               "(see interchange/nir_neurons.py)")
