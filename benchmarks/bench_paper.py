@@ -106,6 +106,9 @@ def main() -> None:
                                for r in report.populations},
         "depth": {r.name: r.depth for r in report.populations},
         "cores_total": report.total_cores,
+        # weight precision per population (distinct integer levels of its synapses): a potential
+        # readout's output trades levels for headroom below its firing level
+        "weight_levels_used": {r.name: [s.weight_levels_used for s in r.synapses] for r in report.populations},
     })
     if args.lava_samples:
         from lava_backend.runner import run_network  # lava: only when Lava samples are asked for

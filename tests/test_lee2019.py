@@ -96,13 +96,13 @@ def test_dropout_mask_is_held_over_all_steps_of_a_sample():
 
 
 def test_dropout_masks_one_per_sample_and_neuron_not_on_pools_or_output(tmp_path):
-    from trainer.lee2019 import _draw_masks, prepare
+    from trainer.lee2019 import draw_dropout_masks, prepare
     from trainer.network import SpikingNetwork
 
     config = _config(tmp_path)
     model = SpikingNetwork.from_config(config.model, (1, 8, 8))
     prepare(model, config.training.lee2019, seed=0)
-    _draw_masks(model, 64, config.training.lee2019, torch.Generator().manual_seed(0))
+    draw_dropout_masks(model, 64, config.training.lee2019, torch.Generator().manual_seed(0))
     masks = {name: model.nodes[name].mask for name in ("stem", "b1", "b2", "pool", "fc")}
     assert masks["pool"] is None and masks["fc"] is None
     for name in ("stem", "b1", "b2"):

@@ -170,7 +170,7 @@ def prepare(model: SpikingNetwork, config: Lee2019Config, seed: int) -> None:
             model.nodes[name] = LeakAwarePopulation(model.graph.node(name), model.graph, dropout)
 
 
-def _draw_masks(model: SpikingNetwork, batch: int, config: Lee2019Config, generator: torch.Generator | None) -> None:
+def draw_dropout_masks(model: SpikingNetwork, batch: int, config: Lee2019Config, generator: torch.Generator | None) -> None:
     """One inverted-dropout mask per sample and neuron of each population that drops, for this batch."""
     for module in model.nodes.values():
         if isinstance(module, LeakAwarePopulation):
@@ -191,7 +191,7 @@ def sum_squared_error(out: NetworkOutput, labels: torch.Tensor) -> torch.Tensor:
 def train_step(model: SpikingNetwork, input_spikes: torch.Tensor, labels: torch.Tensor, config: Lee2019Config,
                generator: torch.Generator | None) -> tuple[torch.Tensor, NetworkOutput]:
     """One batch: masks drawn from `generator`, forward, the paper's gradient into `.grad`."""
-    _draw_masks(model, len(labels), config, generator)
+    draw_dropout_masks(model, len(labels), config, generator)
     out = model(input_spikes)
     loss = sum_squared_error(out, labels)
     loss.backward()
