@@ -48,6 +48,39 @@ def parse_override(text: str):
     return key, value
 
 
+def lava_row(network, spikes, emulated, labels, checkpoint_path, samples: int) -> dict:
+    """Lava fixed_pt on the first `samples` test samples beside the emulator and the float
+    network, and the float-vs-integer error population by population (its growth with depth)."""
+    from lava_backend.runner import run_network  # lava: only when Lava samples are asked for
+
+    n = min(samples, len(labels))
+    lava = run_network(network, spikes[:n], mode="fixed_pt", record="all", progress=False)
+    exact = all(np.array_equal(lava.population_spikes[name], emulated.population_spikes[name][:n])
+                for name in lava.population_spikes) and (
+        lava.output_potential is None or np.array_equal(lava.output_potential, emulated.output_potential[:n]))
+    trained = trained_run(load_checkpoint(checkpoint_path), spikes[:n])
+    emulator_part = BackendRun("emulator", {k: v[:n] for k, v in emulated.population_spikes.items()},
+                               emulated.output, 0.0, emulated.readout,
+                               None if emulated.output_potential is None
+                               else network.potential_in_trained_units(emulated.output_potential[:n]))
+    by_depth = compare_pair(trained, emulator_part, False)
+    return {
+        "lava_samples": n,
+        "lava_fixed_accuracy": float((lava.predictions == labels[:n]).mean()),
+        "emulator_accuracy_on_lava_samples": float((emulated.predictions[:n] == labels[:n]).mean()),
+        "float_accuracy_on_lava_samples": float((trained.predictions == labels[:n]).mean()),
+        # quantization error growth with depth: trained vs emulator, population by population
+        "trained_vs_emulator_train_match": {p.population: round(p.spike_train_match, 4) for p in by_depth.populations},
+        "trained_vs_emulator_count_r": {p.population: round(p.spike_count_correlation, 4)
+                                        for p in by_depth.populations},
+        "trained_vs_emulator_output_potential": None if by_depth.output_potential is None else {
+            "rms_difference": by_depth.output_potential.rms_difference,
+            "reference_rms": by_depth.output_potential.reference_rms},
+        "lava_bit_exact_all_layers": exact,
+        "lava_samples_per_s": round(lava.samples_per_s, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -111,35 +144,7 @@ def main() -> None:
         "weight_levels_used": {r.name: [s.weight_levels_used for s in r.synapses] for r in report.populations},
     })
     if args.lava_samples:
-        from lava_backend.runner import run_network  # lava: only when Lava samples are asked for
-
-        n = min(args.lava_samples, len(test.labels))
-        lava = run_network(network, spikes[:n], mode="fixed_pt", record="all", progress=False)
-        exact = all(np.array_equal(lava.population_spikes[name], emulated.population_spikes[name][:n])
-                    for name in lava.population_spikes) and (
-            lava.output_potential is None or np.array_equal(lava.output_potential, emulated.output_potential[:n]))
-        trained = trained_run(load_checkpoint(result.checkpoint_path), spikes[:n])
-        emulator_part = BackendRun("emulator", {k: v[:n] for k, v in emulated.population_spikes.items()},
-                                   emulated.output, 0.0, emulated.readout,
-                                   None if emulated.output_potential is None
-                                   else network.potential_in_trained_units(emulated.output_potential[:n]))
-        by_depth = compare_pair(trained, emulator_part, False)
-        row.update({
-            "lava_samples": n,
-            "lava_fixed_accuracy": float((lava.predictions == test.labels[:n]).mean()),
-            "emulator_accuracy_on_lava_samples": float((emulated.predictions[:n] == test.labels[:n]).mean()),
-            "float_accuracy_on_lava_samples": float((trained.predictions == test.labels[:n]).mean()),
-            # quantization error growth with depth: trained vs emulator, population by population
-            "trained_vs_emulator_train_match": {p.population: round(p.spike_train_match, 4)
-                                                for p in by_depth.populations},
-            "trained_vs_emulator_count_r": {p.population: round(p.spike_count_correlation, 4)
-                                            for p in by_depth.populations},
-            "trained_vs_emulator_output_potential": None if by_depth.output_potential is None else {
-                "rms_difference": by_depth.output_potential.rms_difference,
-                "reference_rms": by_depth.output_potential.reference_rms},
-            "lava_bit_exact_all_layers": exact,
-            "lava_samples_per_s": round(lava.samples_per_s, 1),
-        })
+        row.update(lava_row(network, spikes, emulated, test.labels, result.checkpoint_path, args.lava_samples))
     row["versions"] = package_versions()
     print(json.dumps(row), flush=True)
 
