@@ -64,15 +64,15 @@ def lava_row(network, spikes, emulated, labels, checkpoint_path, samples: int) -
                                None if emulated.output_potential is None
                                else network.potential_in_trained_units(emulated.output_potential[:n]))
     by_depth = compare_pair(trained, emulator_part, False)
+    spiking = [p for p in by_depth.populations if p.population not in by_depth.non_spiking]
     return {
         "lava_samples": n,
         "lava_fixed_accuracy": float((lava.predictions == labels[:n]).mean()),
         "emulator_accuracy_on_lava_samples": float((emulated.predictions[:n] == labels[:n]).mean()),
         "float_accuracy_on_lava_samples": float((trained.predictions == labels[:n]).mean()),
         # quantization error growth with depth: trained vs emulator, population by population
-        "trained_vs_emulator_train_match": {p.population: round(p.spike_train_match, 4) for p in by_depth.populations},
-        "trained_vs_emulator_count_r": {p.population: round(p.spike_count_correlation, 4)
-                                        for p in by_depth.populations},
+        "trained_vs_emulator_train_match": {p.population: round(p.spike_train_match, 4) for p in spiking},
+        "trained_vs_emulator_count_r": {p.population: round(p.spike_count_correlation, 4) for p in spiking},
         "trained_vs_emulator_output_potential": None if by_depth.output_potential is None else {
             "rms_difference": by_depth.output_potential.rms_difference,
             "reference_rms": by_depth.output_potential.reference_rms},
