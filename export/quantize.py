@@ -17,8 +17,9 @@ hardware's activation shift A (= 6: v is in units of 2^-A weight units):
     reset      both reset v to 0 after a spike (STBP's factor (1 - o[t-1])).
     never      a non-spiking population (Vth = inf, read through its potential) gets the
                largest vth, and a scale low enough that no input can bring its potential to
-               that firing level nor to the 24-bit clip within the T steps of a sample (the
-               integer bound is checked, export.fixed_point.potential_extremes): on the chip
+               that firing level or the 24-bit clip, nor its current to the 24-bit wrap, within
+               the T steps of a sample (the integer bound is checked, export.fixed_point.
+               state_bounds): on the chip
                it is a LIF that provably never fires, so its potential is the trained one's.
 
 Every synapse into a population adds into the same potential, so they share its scale:
