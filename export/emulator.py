@@ -27,7 +27,6 @@ from export.network import ExportedNetwork
 from netgraph import LIF, Conv2d, Edge, Input, Node, Output, Sum, Synapse, predict
 
 FLOAT32_EXACT = 1 << 24
-POTENTIAL_KEY = "potential:"  # prefix of a non-spiking population's potentials in a batch's recordings
 
 
 @dataclass
@@ -119,7 +118,7 @@ class _Simulation:
 
     def __init__(self, network: ExportedNetwork, ops):
         self.network, self.graph, self.ops = network, network.graph, ops
-        self.potentials: dict[str, object] = {}
+        self.potentials: dict[str, object] = {}  # a non-spiking population's v per step, this batch
         self.plan = self.graph.plan()
         self.synapses: dict[str, tuple] = {}
         for node in self.graph.nodes:
@@ -189,9 +188,9 @@ class _Simulation:
         shifted[:, 1:] = spikes[:, :-1]
         return shifted
 
-    def run(self, spikes: np.ndarray) -> dict[str, np.ndarray]:
-        """Spikes of every population, and under `potential:<name>` each non-spiking one's potentials."""
-        self.potentials: dict[str, object] = {}
+    def run(self, spikes: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(spikes of every population, potentials of each non-spiking one), numpy."""
+        self.potentials = {}
         batch, steps = spikes.shape[:2]
         values = {self.graph.input.name: self.ops.spikes(spikes.reshape(batch, steps, -1))}
         for stage in self.plan:
@@ -204,8 +203,8 @@ class _Simulation:
             inputs = [self._delayed(values[e.source]) if e.recurrent else values[e.source]
                       for e in self.graph.inputs_of(node.name)]
             values[node.name], _ = self._evaluate(node, inputs, None, over_time=True)
-        recorded = {lif.name: self.ops.to_numpy(values[lif.name]) for lif in self.graph.populations}
-        return {**recorded, **{POTENTIAL_KEY + name: self.ops.to_numpy(v) for name, v in self.potentials.items()}}
+        return ({lif.name: self.ops.to_numpy(values[lif.name]) for lif in self.graph.populations},
+                {name: self.ops.to_numpy(v) for name, v in self.potentials.items()})
 
     def _cycle(self, members: tuple[str, ...], values: dict, batch: int, steps: int) -> None:
         """Steps one cycle of the graph through time (recurrent edges read the previous step)."""
@@ -230,6 +229,11 @@ class _Simulation:
         return values[edge.source][:, t - 1]
 
 
+def _concatenate(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-batch recordings, by name, joined along the sample axis."""
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+
+
 def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "numpy",
             device: str | None = None, batch_size: int = 256, progress: bool = False) -> EmulationResult:
     """Runs the integer network on input spikes (samples, time, *input_shape) of 0/1.
@@ -247,11 +251,10 @@ def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "
     if backend not in _OPS:
         raise ValueError(f"unknown emulator backend {backend!r}; choose 'numpy' or 'torch'")
     simulation = _Simulation(network, _OPS[backend](device))
-    chunks: list[dict[str, np.ndarray]] = []
-    for start in tqdm(range(0, len(spikes), batch_size), desc="emulator", unit="batch", leave=False,
-                      disable=not progress):
-        chunks.append(simulation.run(spikes[start : start + batch_size].astype(np.uint8)))
-    recorded = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+    chunks = [simulation.run(spikes[start : start + batch_size].astype(np.uint8))
+              for start in tqdm(range(0, len(spikes), batch_size), desc="emulator", unit="batch", leave=False,
+                                disable=not progress)]
+    populations = _concatenate([batch_spikes for batch_spikes, _ in chunks])
+    potentials = _concatenate([batch_potentials for _, batch_potentials in chunks])
     output = network.graph.output_population.name
-    populations = {name: array for name, array in recorded.items() if not name.startswith(POTENTIAL_KEY)}
-    return EmulationResult(populations, output, network.graph.output.readout, recorded.get(POTENTIAL_KEY + output))
+    return EmulationResult(populations, output, network.graph.output.readout, potentials.get(output))
