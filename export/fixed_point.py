@@ -12,16 +12,15 @@ intermediate overflows before the explicit wrap/clip.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import numpy as np
 
 from export.conv import conv_accumulate
 from export.hw_config import HardwareConfig
-from netgraph import Conv2d, Node
+from netgraph import LIF, Conv2d, Graph, Node
 
 
 @dataclass(frozen=True)
@@ -107,18 +106,14 @@ def shift_activation(accumulated, weight_exp: int):
 def input_extremes(synapse: Node, weights: np.ndarray, source_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Per neuron: sum of its positive weights and sum of its negative weights (the largest
     and smallest synaptic sum one step can bring, 0/1 spikes in), padding taken into account
-    for convs. weights: in the synapse's layout; integer weights give int64 sums, float
-    weights float64 sums, each (neurons,)."""
+    for convs. weights: integers in the synapse's layout; returns two int64 (neurons,)."""
     positive, negative = np.where(weights > 0, weights, 0), np.where(weights < 0, weights, 0)
     if isinstance(synapse, Conv2d):
         geometry = synapse.geometry(source_shape)
         ones = np.ones((1, math.prod(source_shape)))
-        sums = (conv_accumulate(ones, positive, geometry)[0], conv_accumulate(ones, negative, geometry)[0])
-    else:
-        sums = (positive.sum(axis=1), negative.sum(axis=1))
-    if np.issubdtype(np.asarray(weights).dtype, np.integer):
-        return tuple(np.rint(total).astype(np.int64) for total in sums)
-    return tuple(np.asarray(total, np.float64) for total in sums)
+        return (np.rint(conv_accumulate(ones, positive, geometry)[0]).astype(np.int64),
+                np.rint(conv_accumulate(ones, negative, geometry)[0]).astype(np.int64))
+    return positive.sum(axis=1).astype(np.int64), negative.sum(axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -182,3 +177,17 @@ def activation_extremes(synapse: Node, quantized, source_shape: tuple[int, ...],
     weights = effective_weights(quantized.weight, quantized.sign_mode, quantized.num_weight_bits, hw)
     high, low = input_extremes(synapse, weights, source_shape)
     return shift_activation(high, quantized.weight_exp), shift_activation(low, quantized.weight_exp)
+
+
+def population_activation_extremes(graph: Graph, population: LIF, hw: HardwareConfig,
+                                   quantized: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """activation_extremes summed over every synapse into `population`: what all its inputs
+    together can bring in one step. quantized: each synapse's QuantizedSynapse by name (default:
+    the graph's own)."""
+    largest = np.zeros(population.neurons, np.int64)
+    smallest = np.zeros(population.neurons, np.int64)
+    for synapse, edge in graph.synapses_into(population.name):
+        q = synapse.quantized if quantized is None else quantized[synapse.name]
+        high, low = activation_extremes(synapse, q, graph.shape_of(edge.source), hw)
+        largest, smallest = largest + high, smallest + low
+    return largest, smallest

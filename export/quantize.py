@@ -40,7 +40,7 @@ import numpy as np
 
 from export.conv import conv_accumulate
 from export.fixed_point import (FixedLIFParameters, StateBounds, activation_extremes, integrator_headroom,
-                                lif_fixed_step, state_bounds)
+                                lif_fixed_step, population_activation_extremes, state_bounds)
 from export.fold import fold_average_pools
 from export.hw_config import HardwareConfig
 from export.netx import NETX_BIAS_EXP, NETX_WEIGHT_MAX, check_netx
@@ -173,12 +173,9 @@ def _population_scale(population: LIF, weights: list[np.ndarray], hw: HardwareCo
 def _integrator_bounds(graph: Graph, population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
                        scale: float, du: int, dv: int, hw: HardwareConfig, time_steps: int, netx: bool) -> StateBounds:
     """The integer state bounds of a non-spiking population quantized at `scale`."""
-    largest = np.zeros(population.neurons, np.int64)
-    smallest = np.zeros(population.neurons, np.int64)
-    for (synapse, edge), w in zip(synapses, weights):
-        q, _ = _quantize_synapse(synapse, w, scale, hw, True, [], netx)
-        high, low = activation_extremes(synapse, q, graph.shape_of(edge.source), hw)
-        largest, smallest = largest + high, smallest + low
+    quantized = {synapse.name: _quantize_synapse(synapse, w, scale, hw, True, [], netx)[0]
+                 for (synapse, _), w in zip(synapses, weights)}
+    largest, smallest = population_activation_extremes(graph, population, hw, quantized)
     bias_mant, bias_exp, _ = _bias(population, scale, hw, True, [], NETX_BIAS_EXP if netx else None)
     return state_bounds(largest, smallest, FixedLIFParameters(du, dv, hw.vth_max, bias_mant, bias_exp), time_steps, hw)
 

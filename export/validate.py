@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from export.fixed_point import FixedLIFParameters, activation_extremes, integrator_headroom, state_bounds
+from export.fixed_point import FixedLIFParameters, integrator_headroom, population_activation_extremes, state_bounds
 from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.timing import TimingError, deployment_timing
@@ -78,12 +78,8 @@ def _validate_population(node: LIF, hw: HardwareConfig, name: str) -> None:
 
 def _validate_integrator(network: ExportedNetwork, population: LIF, name: str) -> None:
     """A non-spiking population must provably never fire nor clip: its potential is the readout."""
-    graph, hw, q = network.graph, network.hardware, population.quantized
-    largest = np.zeros(population.neurons, np.int64)
-    smallest = np.zeros(population.neurons, np.int64)
-    for synapse, edge in graph.synapses_into(population.name):
-        high, low = activation_extremes(synapse, synapse.quantized, graph.shape_of(edge.source), hw)
-        largest, smallest = largest + high, smallest + low
+    hw, q = network.hardware, population.quantized
+    largest, smallest = population_activation_extremes(network.graph, population, hw)
     params = FixedLIFParameters(q.du, q.dv, q.vth, np.asarray(q.bias_mant, np.int64), q.bias_exp)
     problem = integrator_headroom(state_bounds(largest, smallest, params, network.time_steps, hw), q.vth, hw)
     if problem:
