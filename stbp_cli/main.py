@@ -152,7 +152,8 @@ def _cmd_export(args) -> int:
     with warnings.catch_warnings():
         # The notes are collected in the report and printed with it.
         warnings.simplefilter("ignore", QuantizationWarning)
-        network, report = _export_measured(args, hw, netx)
+        network, report = export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip, netx=netx,
+                                            measure_samples=args.measure, data_path=args.data_path)
     artifact = Path(args.output).with_suffix(".onnx") if netx else Path(args.output)
     if netx:
         save_netx(network, args.output)
@@ -169,19 +170,6 @@ def _cmd_export(args) -> int:
         print(f"artifact: {artifact}")
     print(f"report:   {report_path}")
     return 0
-
-
-def _export_measured(args, hw, netx: bool):
-    """export_checkpoint with --measure; without the data set's files the error is not measured (said so)."""
-    measure = getattr(args, "measure", 0)
-    try:
-        return export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip, netx=netx, measure_samples=measure,
-                                 data_path=getattr(args, "data_path", None))
-    except DataError as exc:
-        if not measure:
-            raise
-        print(f"note: quantization error not measured on data ({exc}); pass --data-path, or --measure 0")
-        return export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip, netx=netx)
 
 
 def _add_lava_conv(p) -> None:

@@ -27,7 +27,7 @@ from lava_backend.fidelity import BACKENDS, REFERENCE, BackendRun, FidelityRepor
 from lava_backend.runner import run_network
 from netgraph import Dense, Graph, Input
 from netgraph.provenance import package_versions
-from spikedata import Split, load_dataset
+from spikedata import DataError, Split, load_dataset
 from trainer.checkpoint import Checkpoint, build_model, checkpoint_from_graph, float_graph, load_checkpoint, save_checkpoint
 from trainer.encoding import encode_split
 
@@ -42,7 +42,8 @@ def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig, allow_cli
     """Quantizes a trainer checkpoint's network graph; the artifact records where it came from.
     netx: quantize so that lava-dl netx reproduces the integers exactly (export.netx).
     measure_samples: also measure each population's quantization error on the first N test
-    samples of the checkpoint's data set (data_path, else the config's), into the report."""
+    samples of the checkpoint's data set (data_path, else the config's), into the report; when
+    the data set's files are missing, the report says so instead (the export itself stands)."""
     checkpoint = load_checkpoint(checkpoint_path)
     history = checkpoint.history[-1] if checkpoint.history else {}
     metadata = {
@@ -59,7 +60,11 @@ def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig, allow_cli
     network, report = quantize_graph(float_graph(checkpoint), config.encoding.kind, config.encoding.time_steps,
                                      config.training.eval_seed, hw, allow_clip, metadata, netx=netx)
     if measure_samples:
-        report = measure_layer_errors(checkpoint, network, report, measure_samples, data_path or config.data.path)
+        try:
+            report = measure_layer_errors(checkpoint, network, report, measure_samples, data_path or config.data.path)
+        except DataError as exc:
+            report = dataclasses.replace(report, warnings=(*report.warnings, f"quantization error not measured on "
+                                                           f"data ({exc}); pass --data-path, or --measure 0"))
         network = dataclasses.replace(network, metadata={**network.metadata, "quantization_report": report.to_dict()})
     return network, report
 

@@ -310,6 +310,21 @@ def test_export_measures_error_growth_with_depth(trained):
     assert network.metadata["quantization_report"]["measured_samples"] == 40
 
 
+def test_export_without_the_data_files_says_the_error_was_not_measured(trained, monkeypatch):
+    from spikedata import DataError
+    from stbp_cli import pipeline
+
+    def missing(*_args):
+        raise DataError("mnist: no idx files in /nowhere")
+
+    monkeypatch.setattr(pipeline, "evaluation_split", missing)
+    _, result = trained
+    network, report = export_checkpoint(result.checkpoint_path, LOIHI2, measure_samples=40)
+    assert report.measured == () and network.graph.node("fc").quantized is not None
+    assert "quantization error not measured on data (mnist: no idx files in /nowhere)" in report.format_table()
+    assert list(network.metadata["quantization_report"]["warnings"]) == list(report.warnings)
+
+
 def test_the_readout_travels_through_every_file_format(trained, tmp_path):
     import nir
     import onnx
