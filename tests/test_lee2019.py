@@ -210,6 +210,20 @@ def test_config_refusals(tmp_path):
         _config(tmp_path, **{"training.lee2019": {"dropout": 1.0}})
     with pytest.raises(ConfigError, match="trains on output spike counts"):
         _config(tmp_path, **{"training.method": "hm2bp"})
+    with pytest.raises(ConfigError, match=r"layers\[0\]: .*leak's logarithm; layer 'stem' has tau 0.0"):
+        _config(tmp_path, **{"model.tau": 0.0})
+    with pytest.raises(ConfigError, match=r"layers\[0\]: .*no synaptic current; layer 'stem' has tau_current 0.5"):
+        _config(tmp_path, **{"model.tau_current": 0.5})
+    with pytest.raises(ConfigError, match="model.init: training.method 'lee2019' draws its weights by its own rule"):
+        _config(tmp_path, **{"model.init": "paper"})
+    with pytest.raises(ConfigError, match="training.loss: .*not 'ce'"):
+        _config(tmp_path, **{"training.loss": "ce"})
+    with pytest.raises(ConfigError, match="model.temporal_gradient: training.method 'lee2019'"):
+        _config(tmp_path, **{"model.temporal_gradient": False})
+    recurrent = _config(tmp_path).to_dict()
+    recurrent["model"]["layers"][1]["inputs"] = ["stem", {"source": "b1", "recurrent": True}]
+    with pytest.raises(ConfigError, match=r"layers\[1\]: .*feed-forward networks; layer 'b1' has a recurrent input"):
+        config_from_dict(recurrent)
 
 
 def test_graph_checks_of_the_potential_readout():

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from netgraph import LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, GraphError, Input, Output, Sum
-from trainer.config import INPUT_NAME, ConfigError, LayerConfig, LayerInput, ModelConfig
+from trainer.config import INPUT_NAME, ConfigError, LayerConfig, LayerInput, ModelConfig, lif_constants
 
 OUTPUT_NAME = "output"
 
@@ -27,15 +27,6 @@ def synapse_name(layer: str, layer_input: LayerInput) -> str:
     if layer_input.recurrent:
         return f"{layer}_recurrent" if layer_input.source == layer else f"{layer}_recurrent_from_{layer_input.source}"
     return f"{layer}_from_{layer_input.source}"
-
-
-def lif_constants(layer: LayerConfig, model: ModelConfig) -> dict[str, float]:
-    """A layer's LIF constants: its overrides, else the network-wide values."""
-    return {
-        "tau": model.tau if layer.tau is None else layer.tau,
-        "v_threshold": model.v_threshold if layer.v_threshold is None else layer.v_threshold,
-        "tau_current": model.tau_current if layer.tau_current is None else layer.tau_current,
-    }
 
 
 def lateral_inhibition_weight(neurons: int, kappa: float, v_threshold: float) -> np.ndarray:
@@ -55,7 +46,7 @@ def average_pool_weight(channels: int, kernel_size: int) -> np.ndarray:
     return weight
 
 
-def _spiking_pool(layer: LayerConfig, shapes: dict, key: str) -> tuple[list, list[Edge]]:
+def _spiking_pool(layer: LayerConfig, model: ModelConfig, shapes: dict, key: str) -> tuple[list, list[Edge]]:
     """The nodes and edges of a spiking pool (module docstring)."""
     (source_input,) = layer.inputs
     source_shape = shapes[source_input.source]
@@ -70,7 +61,7 @@ def _spiking_pool(layer: LayerConfig, shapes: dict, key: str) -> tuple[list, lis
     except GraphError as exc:
         raise ConfigError(f"{key} ({layer.name}): {exc}") from exc
     shapes[layer.name] = pooled_shape
-    population = LIF(layer.name, shape=pooled_shape, tau=1.0, v_threshold=layer.v_threshold, tau_current=0.0)
+    population = LIF(layer.name, shape=pooled_shape, **lif_constants(layer, model))
     return [synapse, population], [Edge(source_input.source, synapse.name), Edge(synapse.name, layer.name)]
 
 
@@ -112,7 +103,7 @@ def build_graph(model: ModelConfig, input_shape: tuple[int, ...], source: str = 
     for i, layer in enumerate(model.layers):
         key = f"{where}[{i}]"
         if layer.spiking_pool:
-            pool_nodes, pool_edges = _spiking_pool(layer, shapes, key)
+            pool_nodes, pool_edges = _spiking_pool(layer, model, shapes, key)
             nodes += pool_nodes
             edges += pool_edges
             continue

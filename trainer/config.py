@@ -120,6 +120,18 @@ class ModelConfig:
     readout: str = "spikes"
 
 
+def lif_constants(layer: LayerConfig, model: ModelConfig) -> dict[str, float]:
+    """A layer's LIF constants: its overrides, else the network-wide values; a spiking pool's
+    neurons integrate and fire (tau 1, no synaptic current) at the pool's v_threshold."""
+    if layer.spiking_pool:
+        return {"tau": 1.0, "v_threshold": layer.v_threshold, "tau_current": 0.0}
+    return {
+        "tau": model.tau if layer.tau is None else layer.tau,
+        "v_threshold": model.v_threshold if layer.v_threshold is None else layer.v_threshold,
+        "tau_current": model.tau_current if layer.tau_current is None else layer.tau_current,
+    }
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
@@ -516,7 +528,7 @@ def _check_dense_chain(model: ModelConfig, method: str, source: str) -> None:
                               f"{layer.name!r} has other inputs")
         if layer.lateral_inhibition and method != "mpbp":
             raise ConfigError(f"{where} has no rule for lateral inhibition (layer {layer.name!r}); use 'mpbp' or 'stbp'")
-        tau_current = model.tau_current if layer.tau_current is None else layer.tau_current
+        tau_current = lif_constants(layer, model)["tau_current"]
         if method == "mpbp" and tau_current:
             raise ConfigError(f"{where}: the paper's neuron has no synaptic current; layer {layer.name!r} has "
                               f"tau_current {tau_current} (set it to 0)")
@@ -530,26 +542,33 @@ def _check_hm2bp_network(model: ModelConfig, hm2bp: HM2BPConfig, time_steps: int
                           f"{time_steps} steps with a refractory period of {hm2bp.refractory_steps}")
 
 
+def _check_own_initialisation(model: ModelConfig, method: str, rule: str, source: str) -> None:
+    """A method that draws its weights itself refuses a model.init it would ignore."""
+    if model.init != "pytorch":
+        raise ConfigError(f"{source}: model.init: training.method {method!r} draws its weights by its own rule "
+                          f"({rule}), not {model.init!r}; remove model.init")
+
+
 def _check_lee2019_network(model: ModelConfig, source: str) -> None:
     """Lee et al. 2019 read the output's potential and train neurons without a synaptic current."""
     if model.readout != "potential":
         raise ConfigError(f"{source}: model.readout: training.method 'lee2019' reads the output layer's membrane "
                           "potential (the paper's non-spiking output); set readout: potential")
     for i, layer in enumerate(model.layers):
-        tau_current = model.tau_current if layer.tau_current is None else layer.tau_current
+        if layer.type == "avgpool" and not layer.spiking_pool:
+            continue  # folded into the next synapse: no neurons
+        constants = lif_constants(layer, model)
+        tau_current, tau = constants["tau_current"], constants["tau"]
         if tau_current:
             raise ConfigError(f"{source}: model.layers[{i}]: training.method 'lee2019': the paper's neuron has no "
                               f"synaptic current; layer {layer.name!r} has tau_current {tau_current} (set it to 0)")
-        tau = 1.0 if layer.spiking_pool else model.tau if layer.tau is None else layer.tau
         if tau <= 0:
             raise ConfigError(f"{source}: model.layers[{i}]: training.method 'lee2019' corrects its gradient by the "
                               f"leak's logarithm; layer {layer.name!r} has tau {tau} (it must be above 0)")
         if layer.lateral_inhibition or any(inp.recurrent for inp in layer.inputs):
             raise ConfigError(f"{source}: model.layers[{i}]: training.method 'lee2019' trains feed-forward networks; "
                               f"layer {layer.name!r} has a recurrent input or lateral inhibition (use 'stbp')")
-    if model.init != "pytorch":
-        raise ConfigError(f"{source}: model.init: training.method 'lee2019' draws its weights by its own rule "
-                          f"(training.lee2019.init_gain), not {model.init!r}; remove model.init")
+    _check_own_initialisation(model, "lee2019", "training.lee2019.init_gain", source)
 
 
 def _check_lee2019_training(model: ModelConfig, training: TrainingConfig, source: str) -> None:
@@ -574,9 +593,7 @@ def _check_method_network(model: ModelConfig, training: TrainingConfig, time_ste
         _check_hm2bp_network(model, training.hm2bp, time_steps, source)
     elif training.method == "mpbp":
         _check_dense_chain(model, "mpbp", source)
-        if model.init != "pytorch":
-            raise ConfigError(f"{source}: model.init: training.method 'mpbp' draws its weights by its own rule "
-                              f"(training.mpbp.alpha), not {model.init!r}; remove model.init")
+        _check_own_initialisation(model, "mpbp", "training.mpbp.alpha", source)
 
 
 def _mpbp_config(m: dict, w: str) -> MPBPConfig:

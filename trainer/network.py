@@ -145,6 +145,7 @@ class LIFPopulation(NodeModule):
         super().__init__()
         self.params = LIFParameters(node.tau, node.v_threshold, node.tau_current)
         self.surrogate, self.temporal_gradient = surrogate, temporal_gradient
+        self.spiking = node.spiking
         self.per_channel = len(node.shape) == 3
         self.bias = nn.Parameter(torch.empty(node.shape[0] if self.per_channel else node.neurons))
         inputs = fan_in(graph, node.name)
@@ -163,10 +164,6 @@ class LIFPopulation(NodeModule):
     def over_time(self, inputs):
         spikes, potentials = lif_sequence(inputs[0], self.params, self.surrogate, self._bias(), self.temporal_gradient)
         return spikes if self.spiking else potentials
-
-    @property
-    def spiking(self) -> bool:
-        return math.isfinite(self.params.v_threshold)
 
     def step(self, inputs, state):
         current = inputs[0]
