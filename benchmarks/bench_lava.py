@@ -40,10 +40,12 @@ def lava_figures(network, spikes, labels, shards, naive):
         wall = time.perf_counter() - started
         output = np.concatenate([r.output_spikes for r in results])
         predictions = np.concatenate([r.predictions for r in results])
-        potential = None if results[0].output_potential is None else np.concatenate([r.output_potential for r in results])
+        potential = (None if results[0].output_potential is None
+                     else np.concatenate([r.output_potential for r in results]))
     else:
         result = run_network(network, spikes, record="output", shards=shards, progress=False)
-        wall, output, predictions, potential = result.wall_s, result.output_spikes, result.predictions, result.output_potential
+        wall, output = result.wall_s, result.output_spikes
+        predictions, potential = result.predictions, result.output_potential
     exact = np.array_equal(output, expected.output_spikes) and (
         potential is None or np.array_equal(potential, expected.output_potential))
     return {

@@ -38,7 +38,8 @@ def main() -> None:
         counts = torch.cat([out.output_spikes.sum(1) for out in outs])
         top2 = counts.topk(2, dim=1).values
         accuracy = float((torch.cat([out.predictions for out in outs]) == labels).float().mean())  # its own readout
-        print(f"T = {steps}: accuracy {100 * accuracy:.2f}%, output spikes per sample {float(counts.sum(1).mean()):.2f}, "
+        print(f"T = {steps}: accuracy {100 * accuracy:.2f}%, "
+              f"output spikes per sample {float(counts.sum(1).mean()):.2f}, "
               f"largest count tied in {100 * float((top2[:, 0] == top2[:, 1]).float().mean()):.1f}% of samples "
               f"({len(labels)} test samples)")
 

@@ -110,8 +110,8 @@ class QuantizationReport:
 
     def format_table(self) -> str:
         width = max([12] + [len(p.name) + 2 for p in self.populations])
-        header = (f"{'population':<{width}}{'depth':>5} {'sign':<7}{'scale':>9}{'w clip':>7}{'w maxerr':>10}{'b exp':>6}"
-                  f"{'b clip':>7}{'b maxerr':>10}{'vth':>7}{'vth err':>9}{'dv':>6}{'tau eff':>9}"
+        header = (f"{'population':<{width}}{'depth':>5} {'sign':<7}{'scale':>9}{'w clip':>7}{'w maxerr':>10}"
+                  f"{'b exp':>6}{'b clip':>7}{'b maxerr':>10}{'vth':>7}{'vth err':>9}{'dv':>6}{'tau eff':>9}"
                   f"{'|a| max':>9}{'never':>7}{'always':>7}{'syn KiB':>9}{'cores':>6}{'unrl':>5}  flags")
         lines = [f"quantization report ({self.hardware})", header]
         for r in self.populations:
@@ -124,8 +124,9 @@ class QuantizationReport:
             modes = sorted({s.sign_mode for s in r.synapses})
             signs = modes[0][:6] if len(modes) == 1 else "+".join(m[:3] for m in modes)
             lines.append(
-                f"{r.name:<{width}}{r.depth:>5d} {signs:<7}{r.scale:>9.2f}{r.weights_clipped:>7d}{r.weight_max_abs_error:>10.2e}"
-                f"{r.bias_exp:>6d}{r.bias_clipped:>7d}{r.bias_max_abs_error:>10.2e}{r.vth:>7d}{r.threshold_error:>9.1e}"
+                f"{r.name:<{width}}{r.depth:>5d} {signs:<7}{r.scale:>9.2f}{r.weights_clipped:>7d}"
+                f"{r.weight_max_abs_error:>10.2e}{r.bias_exp:>6d}{r.bias_clipped:>7d}{r.bias_max_abs_error:>10.2e}"
+                f"{r.vth:>7d}{r.threshold_error:>9.1e}"
                 f"{r.dv:>6d}{r.tau_effective:>9.5f}{r.max_activation:>9d}{r.never_fire:>7d}{r.always_fire:>7d}"
                 f"{r.synaptic_memory_bits / 8192:>9.1f}{r.cores_needed:>6d}{r.cores_needed_unrolled:>5d}  "
                 + (", ".join(flags) or "-")
@@ -138,8 +139,9 @@ class QuantizationReport:
         lines.append(f"total: {len(self.populations)} populations, {self.total_neurons} neurons, "
                      f"{sum(p.synaptic_memory_bits for p in self.populations) / 8192:.1f} KiB of synaptic memory, "
                      f"about {self.total_cores} cores")
-        lines.append("depth: synapse stages from the input (one step of latency each on Lava); syn KiB, cores: synaptic memory and cores with each conv kernel stored once per core (shared "
-                     "weights); unrl: cores with convs unrolled into per-neuron synapses (estimates, see hw config)")
+        lines.append("depth: synapse stages from the input (one step of latency each on Lava); syn KiB, cores: "
+                     "synaptic memory and cores with each conv kernel stored once per core (shared weights); "
+                     "unrl: cores with convs unrolled into per-neuron synapses (estimates, see hw config)")
         lines += self._measured_lines()
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -147,14 +149,16 @@ class QuantizationReport:
     def _measured_lines(self) -> list[str]:
         if not self.measured:
             return []
-        lines = [f"error growth with depth, trained float vs integer (emulator) on {self.measured_samples} test samples:",
-                 f"  {'depth':>5}  {'population':<20}{'trains equal':>13}{'count r':>9}{'rate float':>11}{'rate int':>10}"]
+        lines = [f"error growth with depth, trained float vs integer (emulator) on {self.measured_samples} test "
+                 "samples:",
+                 f"  {'depth':>5}  {'population':<20}{'trains equal':>13}{'count r':>9}{'rate float':>11}"
+                 f"{'rate int':>10}"]
         for m in sorted(self.measured, key=lambda m: m.depth):
             lines.append(f"  {m.depth:>5}  {m.population:<20}{100 * m.spike_train_match:>12.2f}%"
                          f"{m.spike_count_correlation:>9.4f}{m.trained_rate:>11.4f}{m.deployed_rate:>10.4f}")
         if self.measured_output_potential_error is not None:
-            lines.append(f"  output potential (read out): rms difference {100 * self.measured_output_potential_error:.2f}%"
-                         " of its rms")
+            error = 100 * self.measured_output_potential_error
+            lines.append(f"  output potential (read out): rms difference {error:.2f}% of its rms")
         lines.append("  (a spike that flips early changes every later step of its train and the layers it feeds, so "
                      "train matches fall with depth while counts stay correlated; the fidelity harness measures the "
                      "accuracy)")

@@ -119,10 +119,12 @@ def _integrator(population: LIF, dt: float, bias: np.ndarray, bias_as_leak: bool
                          "(NIR's LI has no synaptic current)")
     if tau >= 1:
         if bias_as_leak and np.any(bias):
-            raise GraphError(f"node {population.name}: a non-leaking integrator (tau = 1) has no v_leak to carry its bias")
+            raise GraphError(f"node {population.name}: a non-leaking integrator (tau = 1) has no v_leak to carry its "
+                             "bias")
         return nir.I(r=np.full(shape, 1 / dt))
     tau_mem = dt / (1 - tau)
-    return nir.LI(tau=np.full(shape, tau_mem), r=np.full(shape, tau_mem / dt / synaptic_scale(population, r_convention)),
+    r = tau_mem / dt / synaptic_scale(population, r_convention)
+    return nir.LI(tau=np.full(shape, tau_mem), r=np.full(shape, r),
                   v_leak=(bias / (1 - tau)).reshape(shape) if bias_as_leak else np.zeros(shape))
 
 

@@ -12,7 +12,8 @@ Backends (run by the caller, e.g. `stbp compare`, which composes the stages):
 Each record holds the spikes of every LIF population of the network graph, by node name,
 for one encoding of the test split, and, for a network read through its output potential
 (netgraph.decision), that potential at every step in the trained network's units (the
-integer backends' divided by the population's scale, so bit-exact records stay equal). Emulator vs lava_fixed must match spike for spike: a
+integer backends' divided by the population's scale, so bit-exact records stay equal).
+Emulator vs lava_fixed must match spike for spike (and potential for potential): a
 mismatch is a defect of this toolchain or of Lava, never a tolerance. The other pairs
 differ by quantization (trained vs emulator) or float rounding order (trained vs
 lava_float) and are measured. This module only compares: it imports neither the trainer
@@ -335,8 +336,8 @@ def plot_report(report: FidelityReport, runs: dict[str, BackendRun], path, sampl
         for row, name in enumerate(names):
             run = runs[backend]
             if name == run.output and run.output_potential is not None:  # a non-spiking output: its potential
-                _potentials(axes[row, column], run.output_potential[sample], f"{backend}, sample {sample}, {name}: potentials "
-                            "(highest at the end wins)")
+                _potentials(axes[row, column], run.output_potential[sample],
+                            f"{backend}, sample {sample}, {name}: potentials (highest at the end wins)")
                 continue
             _raster(axes[row, column], run.population_spikes[name][sample],
                     other.population_spikes[name][sample], f"{backend}, sample {sample}, {name} (red: differs)",

@@ -10,6 +10,6 @@ from netgraph.nodes import (CURRENT, LIF, POOLED, SIGN_MODES, SPIKES, AvgPool2d,
 
 __all__ = [
     "AvgPool2d", "CURRENT", "Conv2d", "Dense", "Edge", "Graph", "GraphError", "Input", "LIF", "Node", "Output",
-    "POOLED", "QuantizedLIF", "READOUTS", "final_potential", "predict", "predict_from_potential", "QuantizedSynapse", "SIGN_MODES", "SPIKES", "Stage", "Sum", "Synapse", "predict_classes",
-    "unique_name",
+    "POOLED", "QuantizedLIF", "QuantizedSynapse", "READOUTS", "SIGN_MODES", "SPIKES", "Stage", "Sum", "Synapse",
+    "final_potential", "predict", "predict_classes", "predict_from_potential", "unique_name",
 ]

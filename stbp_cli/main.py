@@ -219,7 +219,9 @@ def _add_run(sub) -> None:
     p.add_argument("--limit", type=_positive_int, help="only the first N test samples")
     p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes (default: one per core, one per 100 samples)")
     _add_lava_conv(p)
-    p.add_argument("--save-spikes", metavar="NPZ", help="write the output spikes (samples, T, classes), the predictions and labels here (and, for a potential readout, the output potentials in Loihi units)")
+    p.add_argument("--save-spikes", metavar="NPZ",
+                   help="write the output spikes (samples, T, classes), the predictions and labels here (and, for a "
+                        "potential readout, the output potentials in Loihi units)")
     p.add_argument("--save-input-spikes", metavar="NPZ",
                    help="write the encoded input spikes (samples, T, *input_shape) and labels here: run a source "
                         "framework on them and pass its spikes to `stbp compare --reference`")

@@ -170,7 +170,8 @@ def prepare(model: SpikingNetwork, config: Lee2019Config, seed: int) -> None:
             model.nodes[name] = LeakAwarePopulation(model.graph.node(name), model.graph, dropout)
 
 
-def draw_dropout_masks(model: SpikingNetwork, batch: int, config: Lee2019Config, generator: torch.Generator | None) -> None:
+def draw_dropout_masks(model: SpikingNetwork, batch: int, config: Lee2019Config,
+                       generator: torch.Generator | None) -> None:
     """One inverted-dropout mask per sample and neuron of each population that drops, for this batch."""
     for module in model.nodes.values():
         if isinstance(module, LeakAwarePopulation):
