@@ -49,6 +49,7 @@ from export.network import ExportedNetwork
 from export.validate import ExportRangeError, validate_network
 from netgraph import (LIF, READOUTS, Conv2d, Dense, Edge, Graph, GraphError, Input, Node, Output, QuantizedLIF,
                       QuantizedSynapse, Sum)
+from netgraph.errors import ArtifactError
 from netgraph.nodes import NAME_PATTERN
 from netgraph.provenance import atomic_write
 
@@ -69,8 +70,6 @@ _PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class ArtifactError(ValueError):
-    """An artifact file is missing, of an unknown schema, or its graph or tensors are wrong."""
 
 
 # --------------------------------------------------------------------------- writing

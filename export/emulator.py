@@ -25,6 +25,7 @@ from export.conv import conv_accumulate
 from export.fixed_point import FixedLIFParameters, effective_weights, lif_fixed_step, shift_activation
 from export.network import ExportedNetwork
 from netgraph import LIF, Conv2d, Edge, Input, Node, Output, Sum, Synapse, predict
+from netgraph.errors import DataError, UsageError
 
 FLOAT32_EXACT = 1 << 24
 
@@ -243,13 +244,13 @@ def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "
     spikes = np.asarray(input_spikes)
     expected = (network.time_steps, *network.input_shape)
     if spikes.ndim < 2 or tuple(spikes.shape[1:]) != expected:
-        raise ValueError(f"input spikes have shape {spikes.shape}; expected (samples, {', '.join(map(str, expected))})")
+        raise DataError(f"input spikes have shape {spikes.shape}; expected (samples, {', '.join(map(str, expected))})")
     if len(spikes) == 0:
-        raise ValueError("no samples to emulate")
+        raise DataError("no samples to emulate")
     if np.any(spikes > 1) or np.any(spikes < 0):
-        raise ValueError("input spikes must be 0 or 1")
+        raise DataError("input spikes must be 0 or 1")
     if backend not in _OPS:
-        raise ValueError(f"unknown emulator backend {backend!r}; choose 'numpy' or 'torch'")
+        raise UsageError(f"unknown emulator backend {backend!r}; choose 'numpy' or 'torch'")
     simulation = _Simulation(network, _OPS[backend](device))
     chunks = [simulation.run(spikes[start : start + batch_size].astype(np.uint8))
               for start in tqdm(range(0, len(spikes), batch_size), desc="emulator", unit="batch", leave=False,

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from netgraph.errors import HardwareConfigError
 
-class HardwareConfigError(ValueError):
-    """A hardware config file is missing, malformed or inconsistent."""
+
 
 
 @dataclass(frozen=True)

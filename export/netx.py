@@ -113,7 +113,7 @@ def netx_dense_arithmetic(weight: np.ndarray) -> tuple[np.ndarray | None, int]:
         w = np.clip(w, -256, 254)
         low = int(w.min())
     if high == 0 and low == 0:
-        raise ValueError("every weight is zero: netx's optimize_weight_bits divides by the largest weight")
+        raise NetxExportError("every weight is zero: netx's optimize_weight_bits divides by the largest weight")
     signed = int(high >= 0 and low < 0)
     if high < 0:
         scale = -256 / low

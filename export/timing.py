@@ -25,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from netgraph import LIF, AvgPool2d, Graph
+from netgraph.errors import HardwareConfigError
 
 
-class TimingError(ValueError):
+class TimingError(HardwareConfigError):
     """The graph cannot run on Lava with its trained timing; the message names the edge."""
 
 

@@ -16,9 +16,10 @@ from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.timing import TimingError, deployment_timing
 from netgraph import LIF, SIGN_MODES, AvgPool2d, Node, Synapse
+from netgraph.errors import HardwareConfigError
 
 
-class ExportRangeError(ValueError):
+class ExportRangeError(HardwareConfigError):
     """A quantized parameter lies outside what the hardware config can represent."""
 
 

@@ -16,9 +16,10 @@ import nir
 import numpy as np
 
 from interchange.nir_neurons import NIR_NEURONS
+from netgraph.errors import InterchangeError
 
 
-class FrameworkError(RuntimeError):
+class FrameworkError(InterchangeError):
     """A framework could not import or run the NIR graph (its own limitation, named)."""
 
 

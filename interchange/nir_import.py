@@ -22,6 +22,7 @@ import numpy as np
 
 from interchange.nir_neurons import NIR_INTEGRATORS, NIR_NEURONS, DiscreteNeuron, discretize
 from netgraph import LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, GraphError, Input, Output, Sum, unique_name
+from netgraph.errors import InterchangeError
 from netgraph.geometry import ConvGeometry, pooled_shape
 
 SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)
@@ -30,7 +31,7 @@ POOLS = (nir.AvgPool2d, nir.SumPool2d)
 SUPPORTED = (nir.Input, nir.Output, nir.Flatten) + SYNAPSES + NEURONS + POOLS
 
 
-class NIRImportError(ValueError):
+class NIRImportError(InterchangeError):
     """A NIR file or graph that cannot be imported exactly; the message names file, node and field."""
 
 
@@ -276,7 +277,7 @@ class _Importer:
                 kernel, stride, padding = self.conv_fields(key, node)
                 geometry = ConvGeometry(tuple(source_shape), (kernel, kernel), stride, padding)
                 if geometry.problem():
-                    raise ValueError(geometry.problem())
+                    raise GraphError(geometry.problem())
                 return geometry.out_shape(int(np.asarray(node.weight).shape[0]))
         except NIRImportError:
             raise

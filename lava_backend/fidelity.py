@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from netgraph import predict
+from netgraph.errors import FidelityError
 from netgraph.provenance import atomic_write
 
 BACKENDS = ("trained", "emulator", "lava_fixed", "lava_float")
@@ -208,7 +209,7 @@ def compare_pair(reference: BackendRun, candidate: BackendRun, must_be_identical
     same populations, in the reference's order (the graph's)."""
     names = list(reference.population_spikes)
     if set(names) != set(candidate.population_spikes):
-        raise ValueError(f"{reference.name} recorded populations {sorted(names)} but {candidate.name} recorded "
+        raise FidelityError(f"{reference.name} recorded populations {sorted(names)} but {candidate.name} recorded "
                          f"{sorted(candidate.population_spikes)}: they ran different networks")
     compared = []
     samples = len(next(iter(reference.population_spikes.values())))
@@ -217,7 +218,7 @@ def compare_pair(reference: BackendRun, candidate: BackendRun, must_be_identical
     for index, name in enumerate(names):
         ref, cand = reference.population_spikes[name], candidate.population_spikes[name]
         if ref.shape != cand.shape:
-            raise ValueError(f"population {name}: {reference.name} recorded {ref.shape}, {candidate.name} {cand.shape}")
+            raise FidelityError(f"population {name}: {reference.name} recorded {ref.shape}, {candidate.name} {cand.shape}")
         differs = ref != cand  # (samples, T, neurons)
         trains_equal = ~differs.any(axis=1)
         step_differs = differs.any(axis=2)  # (samples, T)
@@ -254,7 +255,7 @@ def _compare_potentials(reference: BackendRun, candidate: BackendRun) -> Potenti
         return None
     ref, cand = reference.output_potential, candidate.output_potential
     if ref.shape != cand.shape:
-        raise ValueError(f"output potential: {reference.name} recorded {ref.shape}, {candidate.name} {cand.shape}")
+        raise FidelityError(f"output potential: {reference.name} recorded {ref.shape}, {candidate.name} {cand.shape}")
     difference = cand.astype(np.float64) - ref.astype(np.float64)
     return PotentialComparison(equal=float((difference == 0).mean()),
                                max_abs_difference=float(np.abs(difference).max(initial=0.0)),
@@ -268,7 +269,7 @@ def _recorded_like(candidate: BackendRun, reference: BackendRun) -> BackendRun:
         return candidate
     unknown = sorted(set(reference.population_spikes) - set(candidate.population_spikes))
     if unknown:
-        raise ValueError(f"the reference recorded populations {unknown} that {candidate.name} does not have "
+        raise FidelityError(f"the reference recorded populations {unknown} that {candidate.name} does not have "
                          f"(its populations: {sorted(candidate.population_spikes)})")
     kept = {name: candidate.population_spikes[name] for name in reference.population_spikes}
     return dataclasses.replace(candidate, population_spikes=kept)

@@ -82,6 +82,7 @@ from export.network import ExportedNetwork
 from export.timing import DeploymentTiming, deployment_timing
 from export.validate import validate_network
 from netgraph import LIF, Conv2d, Graph, Node, Synapse, predict
+from netgraph.errors import DataError, HardwareConfigError, LavaRunError, UsageError
 
 MODES = ("fixed_pt", "floating_pt")
 CONV_MAPPINGS = ("conv", "dense")
@@ -101,13 +102,9 @@ def check_lava_compatible(network: ExportedNetwork) -> None:
     hw = network.hardware
     differing = {k: (getattr(hw, k), v) for k, v in LAVA_FIXED_CONSTANTS.items() if getattr(hw, k) != v}
     if differing:
-        raise ValueError(f"hardware config {hw.name!r} differs from what Lava 0.10.0's fixed-point models compute: "
+        raise HardwareConfigError(f"hardware config {hw.name!r} differs from what Lava 0.10.0's fixed-point models compute: "
                          + ", ".join(f"{k} = {mine} (Lava: {lava})" for k, (mine, lava) in differing.items()))
 
-
-
-class LavaRunError(RuntimeError):
-    """A Lava run failed or did not produce its recordings."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +246,7 @@ def conv_plan(network: ExportedNetwork, mode: str, conv_mapping: str,
     """For every Conv2d synapse, in graph order: None when it runs on Lava's Conv, else why it
     runs as the unrolled Dense ("conv_mapping='dense'" when that was asked for)."""
     if conv_mapping not in CONV_MAPPINGS:
-        raise ValueError(f"unknown conv_mapping {conv_mapping!r}; choose one of {', '.join(CONV_MAPPINGS)}")
+        raise UsageError(f"unknown conv_mapping {conv_mapping!r}; choose one of {', '.join(CONV_MAPPINGS)}")
     graph = network.graph
     return {node.name: ("conv_mapping='dense'" if conv_mapping == "dense"
                         else _conv_fallback(graph, node, mode, timing.delay[node.name]))
@@ -497,21 +494,21 @@ def _records(network: ExportedNetwork, record: str | list[str]) -> list[str]:
     chosen = [str(name) for name in record]
     unknown = sorted(set(chosen) - set(names))
     if not chosen or unknown:
-        raise ValueError(f"record must name populations among {', '.join(names)}; got {record}")
+        raise UsageError(f"record must name populations among {', '.join(names)}; got {record}")
     return [name for name in names if name in chosen]
 
 
 def _check_inputs(network: ExportedNetwork, spikes: np.ndarray, mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown Lava mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise UsageError(f"unknown Lava mode {mode!r}; choose one of {', '.join(MODES)}")
     expected = (network.time_steps, *network.input_shape)
     if spikes.ndim < 2 or tuple(spikes.shape[1:]) != expected or len(spikes) == 0:
-        raise ValueError(f"input spikes have shape {spikes.shape}; expected (samples >= 1, {', '.join(map(str, expected))})")
+        raise DataError(f"input spikes have shape {spikes.shape}; expected (samples >= 1, {', '.join(map(str, expected))})")
     validate_network(network)  # a non-integer or out-of-range parameter would make fixed_pt hang
     if mode == "fixed_pt":
         check_lava_compatible(network)
     if np.any(spikes > 1) or np.any(spikes < 0):
-        raise ValueError("input spikes must be 0 or 1 (Lava treats any non-zero value as a spike)")
+        raise DataError("input spikes must be 0 or 1 (Lava treats any non-zero value as a spike)")
 
 
 def _start_or_continue(graph: _ShardGraph, steps: int, run_steps, pin_to: int | None, cpus: list[int]) -> float:
@@ -599,12 +596,12 @@ def _check_run_arguments(network: ExportedNetwork, spikes: np.ndarray, mode: str
     if shards is None:
         shards = max(1, min(cpus, len(spikes) // 100))
     if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
+        raise UsageError(f"shards must be >= 1, got {shards}")
     names = [p.name for p in network.populations]
     if reset_offsets is not None and set(reset_offsets) != set(names):
-        raise ValueError(f"reset_offsets needs one entry per population ({', '.join(names)})")
+        raise UsageError(f"reset_offsets needs one entry per population ({', '.join(names)})")
     if conv_mapping not in CONV_MAPPINGS:
-        raise ValueError(f"unknown conv_mapping {conv_mapping!r}; choose one of {', '.join(CONV_MAPPINGS)}")
+        raise UsageError(f"unknown conv_mapping {conv_mapping!r}; choose one of {', '.join(CONV_MAPPINGS)}")
     return shards
 
 

@@ -7,6 +7,7 @@ zero padding). Stride and padding are the same along height and width.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from netgraph.errors import GraphError
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ def pooled_shape(in_shape: tuple[int, ...], pool: int) -> tuple[int, int, int]:
     """(C, H / pool, W / pool) of a non-overlapping pool x pool average; the pool must divide
     the map (folding it into the next synapse is exact only then, see export.conv)."""
     if len(in_shape) != 3:
-        raise ValueError(f"needs a (channels, height, width) input, got {in_shape}")
+        raise GraphError(f"needs a (channels, height, width) input, got {in_shape}")
     c, h, w = in_shape
     if pool < 1 or h % pool or w % pool:
-        raise ValueError(f"pool size {pool} must divide the {h}x{w} map (folding into the next synapse is "
+        raise GraphError(f"pool size {pool} must divide the {h}x{w} map (folding into the next synapse is "
                          "exact only then)")
     return (c, h // pool, w // pool)

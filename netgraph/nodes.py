@@ -33,6 +33,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from netgraph.decision import READOUTS
+from netgraph.errors import GraphError
 from netgraph.geometry import ConvGeometry, pooled_shape
 
 SPIKES, POOLED, CURRENT = "spikes", "pooled", "current"
@@ -54,8 +55,6 @@ def unique_name(wanted: str, taken) -> str:
 Inputs = Sequence[tuple[str, tuple[int, ...]]]
 
 
-class GraphError(ValueError):
-    """A network graph is malformed: an error names the node or the edge (source -> target)."""
 
 
 @dataclass(frozen=True, eq=False)

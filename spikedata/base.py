@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from netgraph.errors import DataError
 
-class DataError(ValueError):
-    """A data file is missing or malformed."""
+
 
 
 @dataclass(frozen=True)

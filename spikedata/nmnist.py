@@ -120,7 +120,7 @@ def write_nmnist_file(path: str | Path, x, y, polarity, timestamp_us) -> None:
     """Writes events in N-MNIST's 40-bit format (timestamps below 2^23 us, ~8.4 s)."""
     x, y, p, t = (np.asarray(a, dtype=np.int64) for a in (x, y, polarity, timestamp_us))
     if len(x) and (x.max() > 255 or y.max() >= 240 or t.max() >= 1 << 23 or t.min() < 0):
-        raise ValueError("events out of range: x < 256, y < 240, 0 <= t < 2^23 us")
+        raise DataError("events out of range: x < 256, y < 240, 0 <= t < 2^23 us")
     raw = np.empty((len(x), 5), dtype=np.uint8)
     raw[:, 0] = x
     raw[:, 1] = y

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -10,28 +11,28 @@ from pathlib import Path
 
 import numpy as np
 
-from export.artifact import ArtifactError, load_artifact, save_artifact
+from export.artifact import load_artifact, save_artifact
 from export.emulator import emulate
 from export.netx import netx_load_arguments, save_netx
-from export.hw_config import HardwareConfigError, resolve_hardware_config
+from export.hw_config import resolve_hardware_config
 from export.quantize import QuantizationWarning
 from export.timing import TimingError, deployment_timing
-from export.validate import ExportRangeError
-from interchange.nir_import import NIRImportError
 from interchange.nir_neurons import DEFAULT_DT, NIR_INTEGRATORS, NIR_NEURONS
 from lava_backend.fidelity import check_gates, plot_report
 from lava_backend.runner import run_network
-from netgraph import Graph, GraphError
+from netgraph import Graph
+from netgraph.errors import ConfigError, StbpError, Terminated, UsageError, raise_on_sigterm
 from netgraph.provenance import atomic_write
-from spikedata import DATASETS, DataError, load_dataset
-from stbp_cli.pipeline import (FidelityError, evaluation_spikes, evaluation_split, export_checkpoint, export_nir,
+from spikedata import DATASETS, load_dataset
+from stbp_cli.pipeline import (evaluation_spikes, evaluation_split, export_checkpoint, export_nir,
                                import_nir_checkpoint, run_fidelity)
-from trainer.checkpoint import CheckpointError
-from trainer.config import ConfigError, config_with_overrides, float_only_neuron, load_config
+from trainer.config import config_with_overrides, float_only_neuron, load_config
 from trainer.train import train
 
 EXIT_USAGE = 2
 EXIT_GATE = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _non_negative_int(text: str) -> int:
@@ -136,7 +137,7 @@ def _add_export(sub) -> None:
 def _cmd_export(args) -> int:
     if args.format == "nir":
         if Path(args.output).suffix.lower() == ".onnx":
-            raise ValueError(f"{args.output}: a NIR file should not be named .onnx (use .nir)")
+            raise UsageError(f"{args.output}: a NIR file should not be named .onnx (use .nir)")
         written = export_nir(args.checkpoint, args.output, args.dt, args.nir_r)
         kinds = ", ".join(f"{name} ({type(node).__name__})" for name, node in written.nodes.items()
                           if isinstance(node, NIR_NEURONS + NIR_INTEGRATORS))
@@ -147,7 +148,7 @@ def _cmd_export(args) -> int:
     hw = resolve_hardware_config(args.hw)
     netx = args.format == "netx"
     if netx and Path(args.output).suffix.lower() == ".onnx":
-        raise ValueError(f"{args.output}: a netx file needs another suffix (e.g. .net): the ONNX artifact of the "
+        raise UsageError(f"{args.output}: a netx file needs another suffix (e.g. .net): the ONNX artifact of the "
                          "same integers is written beside it as .onnx")
     with warnings.catch_warnings():
         # The notes are collected in the report and printed with it.
@@ -235,7 +236,7 @@ def _cmd_run(args) -> int:
     training_data = training_data if isinstance(training_data, dict) else {}
     name = args.data or training_data.get("name")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{args.artifact} does not say which data set it was trained on; pass --data")
+        raise UsageError(f"{args.artifact} does not say which data set it was trained on; pass --data")
     path = args.data_path or (training_data.get("path") if name == training_data.get("name") else None)
     path = path if isinstance(path, str) else None
     split = evaluation_split(network, name, path, args.limit)
@@ -372,18 +373,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _os_error_line(exc: OSError) -> str:
+    """`path: reason` (both paths of a failed rename or copy) for a failed file operation."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    reason = exc.strerror or _one_line(exc)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand. Exit status: 0 done; 1 a fidelity gate failed; 2 bad input (a
+    StbpError: config, data, checkpoint, artifact, hardware, Lava run, interchange), a file
+    that cannot be read or written, or memory that ran out, each as one line; 130 Ctrl-C;
+    143 SIGTERM (after Lava's workers and temporary files are cleaned up). Any other exception
+    is a bug and prints its traceback; STBP_DEBUG=1 prints the traceback of every error."""
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("STBP_DEBUG", "") not in ("", "0")
     try:
-        return args.handler(args)
-    except (ConfigError, CheckpointError, DataError, ArtifactError, ExportRangeError, HardwareConfigError, GraphError,
-            FidelityError, NIRImportError, ValueError, FloatingPointError) as exc:
-        print(f"stbp {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        with raise_on_sigterm():
+            return args.handler(args)
+    except StbpError as exc:
+        if debug:
+            raise
+        print(f"stbp {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"stbp {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+    except MemoryError:
+        if debug:
+            raise
+        print(f"stbp {args.command}: error: out of memory (try --limit, fewer --shards, or a smaller batch)",
+              file=sys.stderr)
     except KeyboardInterrupt:
         print(f"stbp {args.command}: interrupted", file=sys.stderr)
-        return 130
-
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"stbp {args.command}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    return EXIT_USAGE
 
 if __name__ == "__main__":
     sys.exit(main())

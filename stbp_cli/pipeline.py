@@ -26,14 +26,11 @@ from interchange.nir_import import ImportedNetwork, NIRImportError, import_nir, 
 from lava_backend.fidelity import BACKENDS, REFERENCE, BackendRun, FidelityReport, build_report, compare_pair
 from lava_backend.runner import run_network
 from netgraph import Dense, Graph, Input
+from netgraph.errors import FidelityError
 from netgraph.provenance import package_versions
 from spikedata import DataError, Split, load_dataset
 from trainer.checkpoint import Checkpoint, build_model, checkpoint_from_graph, float_graph, load_checkpoint, save_checkpoint
 from trainer.encoding import encode_split
-
-
-class FidelityError(ValueError):
-    """The checkpoint, artifact and data cannot be compared (e.g. they do not belong together)."""
 
 
 def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig, allow_clip: bool = False,

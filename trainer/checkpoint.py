@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from netgraph import LIF, Graph, Synapse
+from netgraph.errors import CheckpointError
 from netgraph.provenance import atomic_write, package_versions
 from trainer.architecture import layers_from_graph, synapse_name, synapse_names_in_config
 from trainer.config import ConfigError, RunConfig, config_from_dict, float_only_neuron
@@ -31,8 +32,6 @@ CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = ("1", "2")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, or does not fit the requested run."""
 
 
 @dataclass

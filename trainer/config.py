@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from netgraph import READOUTS
+from netgraph.errors import ConfigError
 from spikedata import DATASETS
 from trainer.encoding import ENCODINGS
 from trainer.surrogate import SURROGATE_NAMES
@@ -35,8 +36,6 @@ LR_SCHEDULES = ("constant", "inverse_sqrt")
 INITS = ("pytorch", "paper")
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type, or out of range."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from netgraph.errors import ConfigError
 
 ENCODINGS = ("bernoulli", "events")
 
@@ -22,7 +23,7 @@ def bernoulli_encode(
     Returns (batch, time_steps, ...) of 0.0/1.0 in the images' dtype.
     """
     if time_steps < 1:
-        raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        raise ConfigError(f"time_steps must be >= 1, got {time_steps}")
     shape = (images.shape[0], time_steps, *images.shape[1:])
     draws = torch.rand(shape, generator=generator, device=images.device, dtype=images.dtype)
     return (draws < images.unsqueeze(1)).to(images.dtype)
@@ -34,7 +35,7 @@ def passthrough_events(frames: torch.Tensor, time_steps: int) -> torch.Tensor:
     Several events of one pixel in one bin still make one spike, as on the chip.
     """
     if frames.shape[1] != time_steps:
-        raise ValueError(
+        raise ConfigError(
             f"event tensor has {frames.shape[1]} time bins but the model expects {time_steps}"
         )
     return (frames > 0).to(torch.float32)
@@ -48,7 +49,7 @@ def encode(
         return bernoulli_encode(batch, time_steps, generator)
     if kind == "events":
         return passthrough_events(batch, time_steps)
-    raise ValueError(f"unknown encoding {kind!r}; choose one of {', '.join(ENCODINGS)}")
+    raise ConfigError(f"unknown encoding {kind!r}; choose one of {', '.join(ENCODINGS)}")
 
 
 

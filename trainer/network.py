@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from netgraph import (CURRENT, LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, Input, Node, Output, Sum, final_potential,
                       predict)
+from netgraph.errors import DataError
 from trainer.architecture import build_graph, fan_in
 from trainer.config import ModelConfig
 from trainer.neuron import LIFParameters, LIFState, lif_sequence, lif_step
@@ -284,7 +285,7 @@ class SpikingNetwork(nn.Module):
 
     def forward(self, input_spikes: torch.Tensor) -> NetworkOutput:
         if tuple(input_spikes.shape[2:]) != self.input_shape:
-            raise ValueError(
+            raise DataError(
                 f"input spikes have shape {tuple(input_spikes.shape)}; expected "
                 f"(batch, time, {', '.join(map(str, self.input_shape))})"
             )

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer.surrogate import Surrogate, spike
+from netgraph.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ class LIFParameters:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"LIF parameter 'tau' must lie in [0, 1], got {self.tau}")
+            raise ConfigError(f"LIF parameter 'tau' must lie in [0, 1], got {self.tau}")
         if not 0.0 <= self.tau_current <= 1.0:
-            raise ValueError(f"LIF parameter 'tau_current' must lie in [0, 1], got {self.tau_current}")
+            raise ConfigError(f"LIF parameter 'tau_current' must lie in [0, 1], got {self.tau_current}")
         if not self.v_threshold > 0.0:
-            raise ValueError(
+            raise ConfigError(
                 f"LIF parameter 'v_threshold' must be positive, got {self.v_threshold}"
             )
 

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from netgraph.errors import ConfigError
 
 SURROGATE_NAMES = ("h1", "h2", "h3", "h4")
 
@@ -28,11 +29,11 @@ class Surrogate:
 
     def __post_init__(self) -> None:
         if self.name not in SURROGATE_NAMES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown surrogate {self.name!r}; choose one of {', '.join(SURROGATE_NAMES)}"
             )
         if not (self.a > 0 and math.isfinite(self.a)):
-            raise ValueError(f"surrogate width 'a' must be a positive number, got {self.a}")
+            raise ConfigError(f"surrogate width 'a' must be a positive number, got {self.a}")
 
     def derivative(self, z: torch.Tensor) -> torch.Tensor:
         """The surrogate dH/dz evaluated at z = u - Vth (same shape as z)."""

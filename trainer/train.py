@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from netgraph import Graph, final_potential
+from netgraph.errors import ConfigError, TrainingError
 from netgraph.provenance import derive_seed, package_versions
 from spikedata import Dataset, Split, load_dataset
 from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -39,7 +40,7 @@ def select_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"training.device is {name!r} but no CUDA device is available")
+        raise TrainingError(f"training.device is {name!r} but no CUDA device is available")
     return device
 
 
@@ -85,7 +86,7 @@ def _train_step(model: SpikingNetwork, optimizer, config: RunConfig, spikes: tor
         loss = loss_fn(config.training.loss, out, labels, num_classes)
         loss.backward()
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {float(loss)} in epoch {epoch + 1}; lower the learning rate"
+        raise TrainingError(f"loss became {float(loss)} in epoch {epoch + 1}; lower the learning rate"
                                  + (" or training.mpbp.weight_beta" if method == "mpbp" else ""))
     optimizer.step()
     if records is not None:  # MPBP's threshold regularization follows the step
@@ -161,14 +162,14 @@ def _training_data(config: RunConfig) -> tuple[Dataset, tuple[int, ...]]:
     )
     last = config.model.layers[-1]
     if last.type == "dense" and last.units != dataset.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"the last layer has {last.units} units but dataset "
             f"{dataset.name!r} has {dataset.num_classes} classes (model.layers[-1].units)"
         )
     if config.encoding.kind == "events" and dataset.train.inputs.ndim < 5:
-        raise ValueError(f"encoding.kind 'events' needs an event data set, {dataset.name!r} is static images")
+        raise ConfigError(f"encoding.kind 'events' needs an event data set, {dataset.name!r} is static images")
     if config.encoding.kind == "bernoulli" and dataset.train.inputs.ndim != 4:
-        raise ValueError(f"encoding.kind 'bernoulli' needs static images, {dataset.name!r} holds event frames")
+        raise ConfigError(f"encoding.kind 'bernoulli' needs static images, {dataset.name!r} holds event frames")
     input_shape = dataset.input_shape if config.encoding.kind == "bernoulli" else dataset.input_shape[1:]
     return dataset, input_shape
 
@@ -241,7 +242,7 @@ def train(
     if inspect is not None:
         inspect(model.graph)
     if model.num_outputs != dataset.num_classes:
-        raise ValueError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
+        raise ConfigError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
                          f"has {dataset.num_classes} classes")
     optimizer = _optimizer(model, config)
     start_epoch, history = 0, []

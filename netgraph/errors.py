@@ -1,0 +1,93 @@
+"""One taxonomy of the errors a user can act on: one class per boundary of the toolchain.
+
+Every error that bad input can cause (a config, a data set, a checkpoint, an artifact, a
+hardware config, a Lava run, a NIR file) is a `StbpError` whose message is one line naming
+the file, node, key or parameter. The command line prints that line and exits 2; anything
+that is not a `StbpError` is a bug and keeps its traceback. They stay `ValueError`s, so
+code that catches bad values the Python way keeps working.
+
+Interruptions are not errors: `Terminated` is raised in the main thread when the process
+receives SIGTERM (see `raise_on_sigterm`), like `KeyboardInterrupt` for SIGINT, so that
+every `finally` (stopping Lava, removing a temporary file) runs before the process ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+
+class StbpError(ValueError):
+    """Bad input the user can fix; the message is one line naming the file, node or key."""
+
+
+class UsageError(StbpError):
+    """Command-line arguments that contradict each other or the files they name."""
+
+
+class ConfigError(StbpError):
+    """A run config is missing, malformed or inconsistent."""
+
+
+class DataError(StbpError):
+    """A data set is missing, malformed or inconsistent."""
+
+
+class CheckpointError(StbpError):
+    """A checkpoint file is missing, corrupt, or does not fit the requested run."""
+
+
+class ArtifactError(StbpError):
+    """An artifact file is missing, of an unknown schema, or its graph or tensors are wrong."""
+
+
+class HardwareConfigError(StbpError):
+    """A hardware config is missing or malformed, or a network does not fit it."""
+
+
+class GraphError(StbpError):
+    """A network graph is malformed: an error names the node or the edge (source -> target)."""
+
+
+class LavaRunError(StbpError):
+    """A Lava run could not start, failed, or did not produce its recordings."""
+
+
+class FidelityError(StbpError):
+    """What is to be compared does not belong together (checkpoint, artifact, data, reference spikes)."""
+
+
+class InterchangeError(StbpError):
+    """A file of another framework (NIR, lava-dl netx) or the framework itself does not fit."""
+
+
+class TrainingError(StbpError):
+    """Training cannot go on (a loss that became NaN or infinite, a device that is missing)."""
+
+
+class ResourceLimitError(StbpError):
+    """A declared size would allocate more than the documented limit (netgraph.limits)."""
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM: raised like KeyboardInterrupt so that cleanup runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def raise_on_sigterm() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` in the main thread (instead of ending the
+    process at once, which would leave Lava's worker processes and shared memory behind).
+    Does nothing outside the main thread, where Python cannot install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
