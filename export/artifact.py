@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,12 +45,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.hw_config import HardwareConfigError, hardware_config_from_dict
+from export.hw_config import hardware_config_from_dict
 from export.network import ExportedNetwork
 from export.validate import ExportRangeError, validate_network
 from netgraph import (LIF, READOUTS, Conv2d, Dense, Edge, Graph, GraphError, Input, Node, Output, QuantizedLIF,
                       QuantizedSynapse, Sum)
-from netgraph.errors import ArtifactError
+from netgraph.encodings import ENCODINGS
+from netgraph.errors import ArtifactError, HardwareConfigError, ResourceLimitError
+from netgraph.limits import MAX_DIMENSION, MAX_TIME_STEPS, check_shape
 from netgraph.nodes import NAME_PATTERN
 from netgraph.provenance import atomic_write
 
@@ -58,10 +61,15 @@ SCHEMA_VERSION = 2
 DOMAIN = "ai.stbp_loihi"
 DOMAIN_VERSION = 2
 STATE_SUFFIX = ".previous"
+OPSETS = {"": 17, DOMAIN: DOMAIN_VERSION}  # ai.onnx for Identity, ours for the Loihi ops
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}")
 _META_KEYS = ("schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed")
 # The Output's decision rule (netgraph.decision); optional, absent in artifacts written before it
 # existed, which all read spike counts. A metadata key, because ONNX's Identity takes no attributes.
 READOUT_KEY = "output_readout"
+# "json": every provenance value is JSON, so a string that looks like a number stays a string.
+# Absent in artifacts written before it existed, whose string values were written as they were.
+METADATA_FORMAT_KEY = "metadata_format"
 # Provenance written by `stbp export` and read back by `stbp run` / `stbp compare`.
 _PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
     "source_checkpoint": (str,), "source_checkpoint_sha256": (str,), "training_config": (dict,),
@@ -110,10 +118,16 @@ def _write_lif(node: LIF, inputs: list[str]):
     onnx_node = helper.make_node(
         "LoihiLIF", [*inputs, f"{node.name}.bias_mant", f"{node.name}.bias_float"], [node.name], name=node.name,
         domain=DOMAIN, shape=[int(d) for d in node.shape], du=int(q.du), dv=int(q.dv), vth=int(q.vth),
-        bias_exp=int(q.bias_exp), scale=float(q.scale), tau=float(node.tau), tau_current=float(node.tau_current),
-        v_threshold=float(node.v_threshold))
+        bias_exp=int(q.bias_exp), **{name: _double(value) for name, value in
+                                     (("scale", q.scale), ("tau", node.tau), ("tau_current", node.tau_current),
+                                      ("v_threshold", node.v_threshold))})
     return onnx_node, {f"{node.name}.bias_mant": np.asarray(q.bias_mant, np.int64),
                        f"{node.name}.bias_float": np.asarray(node.bias, np.float32)}
+
+
+def _double(value: float) -> onnx.TensorProto:
+    """A float parameter as a float64 scalar tensor attribute: ONNX's FLOAT attribute is 32-bit."""
+    return numpy_helper.from_array(np.array(float(value), np.float64))
 
 
 def _write_output(node: Output, inputs: list[str]):
@@ -155,33 +169,49 @@ def to_onnx(network: ExportedNetwork) -> onnx.ModelProto:
         initializer=initializers, value_info=value_info,
     )
     model = helper.make_model(
-        onnx_graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+        onnx_graph, opset_imports=[helper.make_opsetid(domain, version) for domain, version in OPSETS.items()],
         producer_name="stbp-loihi",
         doc_string="LIF network quantized for Loihi; one graph evaluation = one time step.",
     )
-    meta = {
+    helper.set_model_props(model, _metadata_props(network))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _metadata_props(network: ExportedNetwork) -> dict[str, str]:
+    reserved = sorted(set(network.metadata) & {*_META_KEYS, READOUT_KEY, METADATA_FORMAT_KEY})
+    if reserved:
+        raise ArtifactError(f"provenance key(s) {', '.join(reserved)} are reserved for the artifact's own fields")
+    return {
         "schema": SCHEMA_NAME,
         "schema_version": str(SCHEMA_VERSION),
         "hw_config": json.dumps(dataclasses.asdict(network.hardware)),
         "encoding": network.encoding,
         "time_steps": str(network.time_steps),
         "eval_seed": str(network.eval_seed),
-        READOUT_KEY: graph.output.readout,
-        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in network.metadata.items()},
+        READOUT_KEY: network.graph.output.readout,
+        METADATA_FORMAT_KEY: "json",
+        **{key: json.dumps(value) for key, value in network.metadata.items()},
     }
-    helper.set_model_props(model, meta)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+
+
+def artifact_bytes(network: ExportedNetwork) -> bytes:
+    """The artifact file's content (see the module docstring)."""
+    return to_onnx(network).SerializeToString()
 
 
 def save_artifact(network: ExportedNetwork, path: str | Path) -> None:
     """Writes the artifact atomically (a crash never leaves a half-written file)."""
-    payload = to_onnx(network).SerializeToString()
+    payload = artifact_bytes(network)
     with atomic_write(path) as handle:
         handle.write(payload)
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 class _NodeReader:
@@ -205,17 +235,36 @@ class _NodeReader:
             raise ArtifactError(f"{self.where}: attribute '{name}' must be {kind_name}")
         return helper.get_attribute_value(attr)
 
-    def int(self, name: str) -> int:
-        return int(self._attr(name, onnx.AttributeProto.INT, "an integer"))
+    def int(self, name: str, low: int = -(1 << 62), high: int = 1 << 62) -> int:
+        value = int(self._attr(name, onnx.AttributeProto.INT, "an integer"))
+        if not low <= value <= high:
+            raise ArtifactError(f"{self.where}: attribute '{name}' = {value} is outside [{low}, {high}]")
+        return value
 
-    def ints(self, name: str, length: int) -> list[int]:
+    def size(self, name: str) -> int:
+        """A declared size (features, channels): within netgraph.limits before anything is built."""
+        return self.int(name, 1, MAX_DIMENSION)
+
+    def ints(self, name: str, length: int, low: int = 0, high: int = MAX_DIMENSION) -> list[int]:
         values = [int(v) for v in self._attr(name, onnx.AttributeProto.INTS, "a list of integers")]
         if length and len(values) != length:
             raise ArtifactError(f"{self.where}: attribute '{name}' must hold {length} integers, got {len(values)}")
+        if not all(low <= v <= high for v in values):
+            raise ArtifactError(f"{self.where}: attribute '{name}' = {values[:8]} must lie in [{low}, {high}]")
         return values
 
     def float(self, name: str) -> float:
-        return float(self._attr(name, onnx.AttributeProto.FLOAT, "a float"))
+        """A float64 scalar tensor attribute (a 32-bit FLOAT in artifacts written before)."""
+        attr = self.attributes.get(name)
+        if attr is not None and attr.type == onnx.AttributeProto.FLOAT:
+            return float(attr.f)
+        tensor = self._attr(name, onnx.AttributeProto.TENSOR, "a float64 scalar")
+        if tensor.data_type != TensorProto.DOUBLE or list(tensor.dims):
+            raise ArtifactError(f"{self.where}: attribute '{name}' must be a float64 scalar")
+        try:
+            return float(numpy_helper.to_array(tensor))
+        except Exception as exc:  # a raw_data of the wrong length
+            raise ArtifactError(f"{self.where}: attribute '{name}' cannot be read ({_one_line(exc)})") from None
 
     def string(self, name: str) -> str:
         raw = self._attr(name, onnx.AttributeProto.STRING, "a string")
@@ -262,17 +311,17 @@ def _read_synapse(reader: _NodeReader, extra: dict[str, Any]):
 def _read_dense(reader: _NodeReader) -> Dense:
     reader.expect_attributes({"out_features", "weight_exp", "num_weight_bits", "sign_mode"})
     reader.expect_inputs(1, 2)
-    return Dense(reader.node.name, **_read_synapse(reader, {"out_features": reader.int("out_features")}))
+    return Dense(reader.node.name, **_read_synapse(reader, {"out_features": reader.size("out_features")}))
 
 
 def _read_conv(reader: _NodeReader) -> Conv2d:
     reader.expect_attributes({"out_channels", "kernel_shape", "strides", "pads", "weight_exp", "num_weight_bits",
                               "sign_mode"})
     reader.expect_inputs(1, 2)
-    strides, pads = reader.ints("strides", 2), reader.ints("pads", 4)
+    strides, pads = reader.ints("strides", 2, 1), reader.ints("pads", 4)
     if len(set(strides)) != 1 or len(set(pads)) != 1:
         raise ArtifactError(f"{reader.where}: strides and pads must be equal along height and width")
-    geometry = {"out_channels": reader.int("out_channels"), "kernel_size": tuple(reader.ints("kernel_shape", 2)),
+    geometry = {"out_channels": reader.size("out_channels"), "kernel_size": tuple(reader.ints("kernel_shape", 2, 1)),
                 "stride": strides[0], "padding": pads[0]}
     return Conv2d(reader.node.name, **_read_synapse(reader, geometry))
 
@@ -289,7 +338,12 @@ def _read_lif(reader: _NodeReader) -> LIF:
     quantized = QuantizedLIF(du=reader.int("du"), dv=reader.int("dv"), vth=reader.int("vth"),
                              bias_mant=reader.initializer(1, "bias_mant", np.int64), bias_exp=reader.int("bias_exp"),
                              scale=reader.float("scale"))
-    return LIF(reader.node.name, shape=tuple(reader.ints("shape", 0)), tau=reader.float("tau"),
+    shape = tuple(reader.ints("shape", 0, 1))
+    try:
+        check_shape(shape, f"{reader.where}: attribute 'shape'")
+    except ResourceLimitError as exc:
+        raise ArtifactError(str(exc)) from None
+    return LIF(reader.node.name, shape=shape, tau=reader.float("tau"),
                v_threshold=reader.float("v_threshold"), tau_current=reader.float("tau_current"),
                bias=reader.initializer(2, "bias_float", np.float32), quantized=quantized)
 
@@ -310,6 +364,10 @@ def _input_node(value_info) -> Input:
     shape = _declared_shape(value_info)
     if shape is None:
         raise ArtifactError(f"graph input '{value_info.name}' must be uint8 spikes of shape (batch, *fixed dimensions)")
+    try:
+        check_shape(shape, f"graph input '{value_info.name}'")
+    except ResourceLimitError as exc:
+        raise ArtifactError(str(exc)) from None
     return Input(value_info.name, shape)
 
 
@@ -387,8 +445,17 @@ def _check_outputs(onnx_graph, nodes: list[Node], states: set[str]) -> None:
 
 def _declared_shape(value_info) -> tuple[int, ...] | None:
     """A uint8 tensor's shape after the batch dimension, or None when it is not one."""
-    dims = value_info.type.tensor_type.shape.dim
-    if value_info.type.tensor_type.elem_type != TensorProto.UINT8 or len(dims) < 2 \
+    return _declared_tensor(value_info, TensorProto.UINT8)
+
+
+def _declared_tensor(value_info, elem_type: int) -> tuple[int, ...] | None:
+    """A tensor's shape after the symbolic batch dimension, or None when it is not one of
+    `elem_type` and shape ("batch", fixed dimensions...)."""
+    if value_info.type.WhichOneof("value") != "tensor_type":
+        return None
+    tensor = value_info.type.tensor_type
+    dims = tensor.shape.dim
+    if tensor.elem_type != elem_type or len(dims) < 2 or dims[0].dim_param != "batch" \
             or not all(d.HasField("dim_value") for d in dims[1:]):
         return None
     return tuple(int(d.dim_value) for d in dims[1:])
@@ -396,7 +463,14 @@ def _declared_shape(value_info) -> tuple[int, ...] | None:
 
 def _check_interface(onnx_graph, graph: Graph) -> None:
     """The declared graph outputs and state inputs are uint8 spikes of their population's shape,
-    so another ONNX consumer reads the same interface as this loader."""
+    so another ONNX consumer reads the same interface as this loader, in the writer's order."""
+    states = [lif.name for lif in graph.populations if lif.name + STATE_SUFFIX in {v.name for v in onnx_graph.input}]
+    if [v.name for v in onnx_graph.output] != [graph.output.name, *states]:
+        raise ArtifactError(f"graph outputs must be {[graph.output.name, *states]} in this order, "
+                            f"got {[v.name for v in onnx_graph.output]}")
+    if [v.name for v in onnx_graph.input] != [graph.input.name, *(s + STATE_SUFFIX for s in states)]:
+        raise ArtifactError(f"graph inputs must be {[graph.input.name, *(s + STATE_SUFFIX for s in states)]} in this "
+                            f"order, got {[v.name for v in onnx_graph.input]}")
     expected = {graph.output.name: graph.output_population.shape}
     expected.update({lif.name: lif.shape for lif in graph.populations})
     for value_info in onnx_graph.output:
@@ -412,45 +486,127 @@ def _check_interface(onnx_graph, graph: Graph) -> None:
                                     f"{', '.join(map(str, shape))})")
 
 
-def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
+def _metadata_dict(model, path: Path) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for prop in model.metadata_props:
+        if prop.key in meta:
+            raise ArtifactError(f"{path}: metadata key '{prop.key}' appears twice")
+        meta[prop.key] = prop.value
+    return meta
+
+
+def _integer_text(meta: dict[str, str], key: str, low: int, high: int, path: Path) -> int:
+    """An integer metadata value, written as str(int) writes it, within [low, high]."""
+    text = meta[key]
+    if not _INTEGER_TEXT.fullmatch(text) or str(int(text)) != text:
+        raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be an integer, got {text[:40]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ArtifactError(f"{path}: metadata is invalid: '{key}' = {value} is outside [{low}, {high}]")
+    return value
+
+
+def _json_value(text: str, key: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{path}: metadata is invalid: '{key}' is not JSON ({_one_line(exc)[:120]})") from None
+
+
+def _check_schema(meta: dict[str, str], path: Path) -> None:
     if meta.get("schema") != SCHEMA_NAME:
-        raise ArtifactError(f"{path}: not an {SCHEMA_NAME} artifact (schema={meta.get('schema')!r})")
+        raise ArtifactError(f"{path}: not an {SCHEMA_NAME} artifact (schema={str(meta.get('schema'))[:60]!r})")
     version = meta.get("schema_version")
     if version == "1":
         raise ArtifactError(f"{path}: artifact schema version 1 predates the network graph (version {SCHEMA_VERSION}); "
                             "re-export it from its checkpoint with `stbp export`")
     if version != str(SCHEMA_VERSION):
-        raise ArtifactError(f"{path}: artifact schema version {version!r} is not supported "
+        raise ArtifactError(f"{path}: artifact schema version {str(version)[:40]!r} is not supported "
                             f"(this program reads version {SCHEMA_VERSION})")
     missing = [key for key in _META_KEYS if key not in meta]
     if missing:
         raise ArtifactError(f"{path}: metadata is incomplete: missing {', '.join(missing)}")
-    fields: dict[str, Any] = {"encoding": meta["encoding"]}
+
+
+def _provenance(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    """The provenance entries: JSON values (strings as they were in older artifacts), typed."""
+    format_ = meta.get(METADATA_FORMAT_KEY)
+    if format_ not in (None, "json"):
+        raise ArtifactError(f"{path}: metadata is invalid: '{METADATA_FORMAT_KEY}' must be 'json', got {format_[:40]!r}")
+    extra = {}
+    for key, text in meta.items():
+        if key in (*_META_KEYS, READOUT_KEY, METADATA_FORMAT_KEY):
+            continue
+        if format_ == "json":
+            extra[key] = _json_value(text, key, path)
+        else:  # older artifacts wrote strings as they were and everything else as JSON
+            try:
+                extra[key] = json.loads(text)
+            except (json.JSONDecodeError, RecursionError):
+                extra[key] = text
+        expected = _PROVENANCE_TYPES.get(key)
+        if expected is not None and not isinstance(extra[key], expected):
+            raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be "
+                                f"{' or '.join(t.__name__ for t in expected)}, got {type(extra[key]).__name__}")
+    return extra
+
+
+def _check_value_info(onnx_graph, graph: Graph) -> None:
+    """The declared intermediate tensors are exactly what the writer declares for this graph
+    (each node's output: its type and shape), so the file describes no other network."""
+    states = {name[: -len(STATE_SUFFIX)] for name in (v.name for v in onnx_graph.input) if name.endswith(STATE_SUFFIX)}
+    expected = {node.name: node for node in graph.nodes
+                if not isinstance(node, (Input, Output)) and node.name not in states}
+    declared = [v.name for v in onnx_graph.value_info]
+    if len(set(declared)) != len(declared) or set(declared) != set(expected):
+        raise ArtifactError(f"value_info must declare each node's output once: {sorted(expected)}, got {sorted(declared)}")
+    for value_info in onnx_graph.value_info:
+        node = expected[value_info.name]
+        elem_type = TensorProto.UINT8 if isinstance(node, LIF) else TensorProto.INT64
+        if _declared_tensor(value_info, elem_type) != tuple(graph.shape_of(node.name)):
+            kind = "uint8" if elem_type == TensorProto.UINT8 else "int64"
+            raise ArtifactError(f"value_info '{value_info.name}' must be {kind} (batch, "
+                                f"{', '.join(map(str, graph.shape_of(node.name)))})")
+
+
+def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    _check_schema(meta, path)
     readout = meta.get(READOUT_KEY, "spikes")
     if readout not in READOUTS:
         raise ArtifactError(f"{path}: metadata is invalid: '{READOUT_KEY}' must be one of {', '.join(READOUTS)}, "
-                            f"got {readout!r}")
-    for key in ("time_steps", "eval_seed"):
-        try:
-            fields[key] = int(meta[key])
-        except ValueError:
-            raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be an integer, got {meta[key]!r}") from None
+                            f"got {readout[:40]!r}")
+    if meta["encoding"] not in ENCODINGS:
+        raise ArtifactError(f"{path}: metadata is invalid: 'encoding' must be one of {', '.join(ENCODINGS)}, got "
+                            f"{meta['encoding'][:40]!r}")
+    fields: dict[str, Any] = {
+        "encoding": meta["encoding"],
+        "time_steps": _integer_text(meta, "time_steps", 1, MAX_TIME_STEPS, path),
+        "eval_seed": _integer_text(meta, "eval_seed", 0, (1 << 63) - 1, path),
+    }
     try:
-        fields["hardware"] = hardware_config_from_dict(json.loads(meta["hw_config"]), f"{path} (embedded hw_config)")
-    except (ValueError, TypeError, HardwareConfigError) as exc:
+        fields["hardware"] = hardware_config_from_dict(_json_value(meta["hw_config"], "hw_config", path),
+                                                       f"{path} (embedded hw_config)")
+    except HardwareConfigError as exc:
         raise ArtifactError(f"{path}: metadata is invalid: {exc}") from exc
-    extra = {}
-    for key, value in meta.items():
-        if key not in (*_META_KEYS, READOUT_KEY):
-            try:
-                extra[key] = json.loads(value)
-            except json.JSONDecodeError:
-                extra[key] = value
-            expected = _PROVENANCE_TYPES.get(key)
-            if expected is not None and not isinstance(extra[key], expected):
-                raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be "
-                                    f"{' or '.join(t.__name__ for t in expected)}, got {type(extra[key]).__name__}")
-    return {**fields, "metadata": extra, "readout": readout}
+    return {**fields, "metadata": _provenance(meta, path), "readout": readout}
+
+
+def _check_text_fields(model, path: Path) -> None:
+    """Every name and string the loader reads is text: protobuf hands invalid UTF-8 over as bytes."""
+    graph = model.graph
+    fields = [("metadata key", p.key) for p in model.metadata_props]
+    fields += [(f"metadata '{p.key}'", p.value) for p in model.metadata_props if isinstance(p.key, str)]
+    fields += [("opset domain", o.domain) for o in model.opset_import]
+    for node in graph.node:
+        fields += [("node name", node.name), ("op type", node.op_type), ("op domain", node.domain)]
+        fields += [(f"an input of node {node.name}", name) for name in node.input]
+        fields += [(f"an output of node {node.name}", name) for name in node.output]
+        fields += [(f"an attribute name of node {node.name}", attr.name) for attr in node.attribute]
+    for group in (graph.initializer, graph.input, graph.output, graph.value_info):
+        fields += [("a tensor name", item.name) for item in group]
+    for what, value in fields:
+        if not isinstance(value, str):
+            raise ArtifactError(f"{path}: {what} is not UTF-8 text ({bytes(value)[:40]!r})")
 
 
 def load_artifact(path: str | Path) -> ExportedNetwork:
@@ -462,11 +618,12 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError and others
         raise ArtifactError(f"{path}: not a readable ONNX file ({exc})") from exc
-    fields = _read_metadata({p.key: p.value for p in model.metadata_props}, path)
+    _check_text_fields(model, path)
+    fields = _read_metadata(_metadata_dict(model, path), path)
     readout = fields.pop("readout")
-    domains = {o.domain: o.version for o in model.opset_import}
-    if domains.get(DOMAIN) != DOMAIN_VERSION:
-        raise ArtifactError(f"{path}: needs opset {DOMAIN} version {DOMAIN_VERSION}, declares {domains.get(DOMAIN)}")
+    domains = sorted((o.domain, o.version) for o in model.opset_import)
+    if domains != sorted(OPSETS.items()):
+        raise ArtifactError(f"{path}: must import the opsets {dict(OPSETS)}, declares {dict(domains)}")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
@@ -477,7 +634,8 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
         nodes = [dataclasses.replace(n, readout=readout) if isinstance(n, Output) else n for n in nodes]
         graph = Graph(tuple(nodes), tuple(edges))
         _check_interface(model.graph, graph)
-    except (ArtifactError, GraphError) as exc:
+        _check_value_info(model.graph, graph)
+    except (ArtifactError, GraphError, ResourceLimitError) as exc:
         raise ArtifactError(f"{path}: {exc}") from exc
     network = ExportedNetwork(graph, **fields)
     try:

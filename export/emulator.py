@@ -24,8 +24,9 @@ from tqdm import tqdm
 from export.conv import conv_accumulate
 from export.fixed_point import FixedLIFParameters, effective_weights, lif_fixed_step, shift_activation
 from export.network import ExportedNetwork
-from netgraph import LIF, Conv2d, Edge, Input, Node, Output, Sum, Synapse, predict
+from netgraph import LIF, Conv2d, Edge, Graph, Input, Node, Output, Sum, Synapse, predict
 from netgraph.errors import DataError, UsageError
+from netgraph.limits import check_memory, format_bytes, memory_limit
 
 FLOAT32_EXACT = 1 << 24
 
@@ -230,6 +231,42 @@ class _Simulation:
         return values[edge.source][:, t - 1]
 
 
+# Bytes one sample holds per step, per value of each node: the numpy backend keeps every node's
+# output for the whole batch (int64 activations, uint8 spikes) and a float copy and its rounding
+# while a synapse's product is computed; a non-spiking population also keeps its int64 potentials.
+_BYTES_PER_ACTIVATION = 8 + 8 + 8
+_BYTES_PER_SUM = 8
+_BYTES_PER_SPIKE = 1
+_BYTES_PER_POTENTIAL = 8
+
+
+def emulation_bytes_per_sample(graph: Graph, time_steps: int) -> dict[str, int]:
+    """Bytes the emulator holds for one sample of `time_steps` steps, by node (an estimate, from
+    above, of the numpy backend's arrays; the conv patch matrix is bounded separately)."""
+    sizes = {graph.input.name: time_steps * math.prod(graph.input.shape) * (_BYTES_PER_SPIKE + 8)}
+    for node in graph.nodes:
+        width = math.prod(graph.shape_of(node.name)) if not isinstance(node, (Input, Output)) else 0
+        if isinstance(node, Synapse):
+            sizes[node.name] = time_steps * width * _BYTES_PER_ACTIVATION
+        elif isinstance(node, Sum):
+            sizes[node.name] = time_steps * width * _BYTES_PER_SUM
+        elif isinstance(node, LIF):
+            per_step = _BYTES_PER_SPIKE + (0 if node.spiking else _BYTES_PER_POTENTIAL)
+            sizes[node.name] = time_steps * width * per_step + 4 * 8 * width  # + u, v and a step's temporaries
+    return sizes
+
+
+def check_emulation_memory(network: ExportedNetwork, where: str) -> int:
+    """Refuses a network one sample of which would not fit netgraph.limits.memory_limit();
+    returns the bytes per sample."""
+    sizes = emulation_bytes_per_sample(network.graph, network.time_steps)
+    total = sum(sizes.values())
+    largest = max(sizes, key=sizes.get)
+    check_memory(total, f"{where}: emulating one sample (T = {network.time_steps}; node {largest} alone "
+                        f"{format_bytes(sizes[largest])})")
+    return total
+
+
 def _concatenate(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-batch recordings, by name, joined along the sample axis."""
     return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
@@ -240,6 +277,7 @@ def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "
     """Runs the integer network on input spikes (samples, time, *input_shape) of 0/1.
 
     backend: 'numpy' (CPU) or 'torch' (device 'cuda' or 'cpu'). Both give identical spikes.
+    batch_size: samples per batch, lowered so a batch stays within netgraph.limits.memory_limit().
     """
     spikes = np.asarray(input_spikes)
     expected = (network.time_steps, *network.input_shape)
@@ -251,6 +289,8 @@ def emulate(network: ExportedNetwork, input_spikes: np.ndarray, backend: str = "
         raise DataError("input spikes must be 0 or 1")
     if backend not in _OPS:
         raise UsageError(f"unknown emulator backend {backend!r}; choose 'numpy' or 'torch'")
+    per_sample = check_emulation_memory(network, "emulator")
+    batch_size = max(1, min(batch_size, memory_limit() // per_sample))
     simulation = _Simulation(network, _OPS[backend](device))
     chunks = [simulation.run(spikes[start : start + batch_size].astype(np.uint8))
               for start in tqdm(range(0, len(spikes), batch_size), desc="emulator", unit="batch", leave=False,

@@ -136,6 +136,8 @@ def _extreme_states(activation: np.ndarray, params: FixedLIFParameters, time_ste
             break  # a fixed point: every later step repeats it
         u, v = u_next, v_next
         reached_u, reached_v = pick(reached_u, u), pick(reached_v, v)
+        if max(np.abs(u).max(initial=0), np.abs(v).max(initial=0)) > hw.state_limit:
+            break  # already past what the state can hold: the bound has failed, however long it runs
     return reached_u, reached_v
 
 
@@ -162,6 +164,8 @@ def integrator_headroom(bounds: StateBounds, vth: int, hw: HardwareConfig) -> st
     u_top, u_bottom = int(bounds.u_high.max(initial=0)), int(bounds.u_low.min(initial=0))
     if v_top > firing_level:
         return f"its potential can reach {v_top}, above its firing level {firing_level} (vth {vth} << {hw.vth_shift})"
+    if v_top > -floor:
+        return f"its potential can reach {v_top}, above the {hw.state_bits}-bit clip at {-floor}"
     if v_bottom < floor:
         return f"its potential can fall to {v_bottom}, below the {hw.state_bits}-bit clip at {floor}"
     if u_top > limit or u_bottom <= -limit:

@@ -299,27 +299,32 @@ def _write_layer(group, layer: dict[str, Any]) -> None:
         group.attrs[key] = value
 
 
-def save_netx(network: ExportedNetwork, path: str | Path) -> list[dict[str, Any]]:
-    """Writes `network` as a lava-dl netx HDF5 file (atomically), after `check_netx`.
-    Root attributes (ignored by netx) record our provenance: 'stbp_metadata' (JSON of the
-    network's metadata), 'stbp_versions', 'time_steps', 'encoding', 'eval_seed',
-    'hardware', and the Network arguments 'netx_reset_interval' / 'netx_reset_offset'.
-    Returns the layer descriptions written."""
+def write_netx(network: ExportedNetwork, handle) -> list[dict[str, Any]]:
+    """Writes `network` as a lava-dl netx HDF5 file into the open binary `handle` (read-write),
+    after `check_netx`. Root attributes (ignored by netx) record our provenance:
+    'stbp_metadata' (JSON of the network's metadata), 'stbp_versions', 'time_steps', 'encoding',
+    'eval_seed', 'hardware', and the Network arguments 'netx_reset_interval' /
+    'netx_reset_offset'. Returns the layer descriptions written."""
     layers = netx_layers(network)
     load = netx_load_arguments(network)
-    with atomic_write(path, "w+b") as handle:
-        with h5py.File(handle, "w") as f:
-            root = f.create_group("layer")
-            for index, layer in enumerate(layers):
-                _write_layer(root.create_group(str(index)), layer)
-            f.attrs.update({
-                "stbp_metadata": json.dumps(network.metadata, default=str),
-                "stbp_versions": json.dumps(package_versions()),
-                "time_steps": network.time_steps, "encoding": network.encoding, "eval_seed": network.eval_seed,
-                "hardware": network.hardware.name, "netx_reset_interval": load["reset_interval"],
-                "netx_reset_offset": load["reset_offset"],
-            })
+    with h5py.File(handle, "w") as f:
+        root = f.create_group("layer")
+        for index, layer in enumerate(layers):
+            _write_layer(root.create_group(str(index)), layer)
+        f.attrs.update({
+            "stbp_metadata": json.dumps(network.metadata, default=str),
+            "stbp_versions": json.dumps(package_versions()),
+            "time_steps": network.time_steps, "encoding": network.encoding, "eval_seed": network.eval_seed,
+            "hardware": network.hardware.name, "netx_reset_interval": load["reset_interval"],
+            "netx_reset_offset": load["reset_offset"],
+        })
     return layers
+
+
+def save_netx(network: ExportedNetwork, path: str | Path) -> list[dict[str, Any]]:
+    """`write_netx` into `path`, atomically."""
+    with atomic_write(path, "w+b") as handle:
+        return write_netx(network, handle)
 
 
 # --------------------------------------------------------------------------- running a file on Lava

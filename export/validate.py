@@ -11,12 +11,17 @@ import math
 
 import numpy as np
 
+from export.emulator import check_emulation_memory
 from export.fixed_point import FixedLIFParameters, integrator_headroom, population_activation_extremes, state_bounds
 from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.timing import TimingError, deployment_timing
 from netgraph import LIF, SIGN_MODES, AvgPool2d, Node, Synapse
 from netgraph.errors import HardwareConfigError
+from netgraph.limits import check_time_steps
+
+
+INT32_LIMIT = 1 << 31
 
 
 class ExportRangeError(HardwareConfigError):
@@ -88,11 +93,28 @@ def _validate_integrator(network: ExportedNetwork, population: LIF, name: str) -
                                f"potential), but on the chip {problem} within {network.time_steps} steps")
 
 
+def _validate_int32(network: ExportedNetwork, population: LIF, name: str) -> None:
+    """Lava computes a synapse's output, the shifted input and the current in int32 (Dense's
+    int32 output port, LIF's `a_in << act_shift` and `u + a` on int32 arrays) where the
+    emulator uses int64: the two agree only while the largest input of one step, shifted,
+    plus the largest current stays below 2^31."""
+    hw = network.hardware
+    largest, smallest = population_activation_extremes(network.graph, population, hw)
+    reach = max(int(largest.max(initial=0)), -int(smallest.min(initial=0)))
+    bound = (reach << hw.activation_shift) + hw.state_limit
+    if bound >= INT32_LIMIT:
+        raise ExportRangeError(f"{name}: one step of its synaptic input can reach {reach} (<< {hw.activation_shift} "
+                               f"= {reach << hw.activation_shift}), past the int32 range Lava computes it in; "
+                               "lower the weights or weight_exp")
+
+
 def validate_network(network: ExportedNetwork, where: str = "network") -> None:
-    """Raises ExportRangeError naming `where`, the node and the parameter."""
+    """Raises ExportRangeError (or ResourceLimitError) naming `where`, the node and the parameter."""
     hw = network.hardware
     if isinstance(network.time_steps, bool) or not isinstance(network.time_steps, int) or network.time_steps < 1:
         raise ExportRangeError(f"{where}: time_steps must be an integer >= 1, got {network.time_steps!r}")
+    check_time_steps(network.time_steps, where)
+    check_emulation_memory(network, where)
     for node in network.graph.nodes:
         name = f"{where}: node {node.name} ({node.kind})"
         if isinstance(node, AvgPool2d):
@@ -103,6 +125,7 @@ def validate_network(network: ExportedNetwork, where: str = "network") -> None:
         elif isinstance(node, LIF):
             _validate_population(node, hw, name)
     for population in network.graph.populations:
+        _validate_int32(network, population, f"{where}: node {population.name} (LIF)")
         if not population.spiking:
             _validate_integrator(network, population, f"{where}: node {population.name} (LIF)")
     try:

@@ -7,6 +7,7 @@ zero padding). Stride and padding are the same along height and width.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from netgraph.errors import GraphError
 
 

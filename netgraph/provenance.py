@@ -8,12 +8,14 @@ import contextlib
 import hashlib
 import os
 import platform
+import stat
 import subprocess
 import sys
 import tempfile
 from importlib import metadata
+from glob import escape as glob_escape
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 PACKAGE_NAME = "stbp-loihi"
 _TRACKED_PACKAGES = ("stbp-loihi", "torch", "numpy", "onnx", "lava-nc", "scikit-learn", "tonic")
@@ -64,26 +66,87 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+_TMP_SUFFIX = ".tmp"
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Removes the temporary files that interrupted writes of `path` left beside it (their
+    name carries the writing process's id; files of a process still running are kept)."""
+    removed = []
+    prefix = _tmp_prefix(path)
+    for candidate in path.parent.glob(f"{glob_escape(prefix)}*{_TMP_SUFFIX}"):
+        pid_text = candidate.name[len(prefix):].split(".", 1)[0]
+        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain open() would give `path`: the existing file's, else 0o666 less the umask
+    (mkstemp creates 0o600 whatever the umask)."""
+    with contextlib.suppress(FileNotFoundError):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_files(paths: Sequence[str | Path], mode: str = "wb") -> Iterator[list]:
+    """Writes several files as one unit: each to a temporary file beside it, and only when every
+    one of them is complete and fsynced are they renamed into place (a crash, a full disk or
+    Ctrl-C while writing leaves all the old files as they were and no new one). Temporary files
+    left by an interrupted earlier write of the same paths are removed first."""
+    paths = [Path(p) for p in paths]
+    temporaries: list[str] = []
+    try:
+        handles = []
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path)
+            fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=_TMP_SUFFIX,
+                                       dir=path.parent)
+            temporaries.append(tmp)
+            os.fchmod(fd, _new_file_mode(path))
+            handles.append(os.fdopen(fd, mode))
+        with contextlib.ExitStack() as stack:
+            for handle in handles:
+                stack.enter_context(handle)
+            yield handles
+            for handle in handles:
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp, path in zip(temporaries, paths):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temporaries:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator:
-    """Writes to a temporary file beside `path`, fsyncs and renames it into place.
-
-    A crash or Ctrl-C never leaves a half-written file at `path`; the old file (if any)
-    stays intact until the new one is complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Writes one file atomically (see atomic_files): the old file stays intact until the new
+    one is complete."""
+    with atomic_files([path], mode) as (handle,):
+        yield handle
 
 
 def command_line() -> str:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.artifact import load_artifact, save_artifact
+from export.artifact import artifact_bytes, load_artifact
 from export.emulator import emulate
-from export.netx import netx_load_arguments, save_netx
+from export.netx import netx_load_arguments, write_netx
 from export.hw_config import resolve_hardware_config
 from export.quantize import QuantizationWarning
 from export.timing import TimingError, deployment_timing
@@ -22,7 +22,7 @@ from lava_backend.fidelity import check_gates, plot_report
 from lava_backend.runner import run_network
 from netgraph import Graph
 from netgraph.errors import ConfigError, StbpError, Terminated, UsageError, raise_on_sigterm
-from netgraph.provenance import atomic_write
+from netgraph.provenance import atomic_files, atomic_write
 from spikedata import DATASETS, load_dataset
 from stbp_cli.pipeline import (evaluation_spikes, evaluation_split, export_checkpoint, export_nir,
                                import_nir_checkpoint, run_fidelity)
@@ -156,12 +156,8 @@ def _cmd_export(args) -> int:
         network, report = export_checkpoint(args.checkpoint, hw, allow_clip=args.allow_clip, netx=netx,
                                             measure_samples=args.measure, data_path=args.data_path)
     artifact = Path(args.output).with_suffix(".onnx") if netx else Path(args.output)
-    if netx:
-        save_netx(network, args.output)
-    save_artifact(network, artifact)
     report_path = Path(f"{args.output}.report.json")
-    with atomic_write(report_path, "w") as handle:
-        json.dump(report.to_dict(), handle, indent=2)
+    _write_export(network, report, artifact, report_path, Path(args.output) if netx else None)
     print(report.format_table())
     if netx:
         load = ", ".join(f"{k}={v}" for k, v in netx_load_arguments(network).items())
@@ -171,6 +167,19 @@ def _cmd_export(args) -> int:
         print(f"artifact: {artifact}")
     print(f"report:   {report_path}")
     return 0
+
+
+def _write_export(network, report, artifact: Path, report_path: Path, netx_path: Path | None) -> None:
+    """The artifact, its report (and the netx file) as one unit: all of them or none (a full
+    disk or an interrupt while writing leaves the previous files as they were)."""
+    payload = artifact_bytes(network)
+    report_text = json.dumps(report.to_dict(), indent=2).encode()
+    paths = [artifact, report_path] + ([netx_path] if netx_path is not None else [])
+    with atomic_files(paths, "w+b") as handles:
+        handles[0].write(payload)
+        handles[1].write(report_text)
+        if netx_path is not None:
+            write_netx(network, handles[2])
 
 
 def _add_lava_conv(p) -> None:

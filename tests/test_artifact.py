@@ -161,7 +161,7 @@ REFUSALS = {
     "foreign": (_set_meta("schema", "something-else"), "not an stbp-loihi-network artifact"),
     "future": (_set_meta("schema_version", "99"), "schema version '99' is not supported"),
     "meta": (_set_meta("time_steps", "five"), "metadata is invalid: 'time_steps' must be an integer, got 'five'"),
-    "domain": (_domain_version(1), "needs opset ai.stbp_loihi version 2"),
+    "domain": (_domain_version(1), "must import the opsets .*ai.stbp_loihi.: 2}, declares .*ai.stbp_loihi.: 1}"),
     "missing_tensor": (lambda m: m.graph.initializer.remove(
         next(t for t in m.graph.initializer if t.name == "l1.bias_mant")), "onnx.checker refuses.*'l1.bias_mant' of node: .*name: l1"),
     "bias_shape": (_replace_tensor("l0.bias_mant", lambda a: np.zeros(3, np.int64)),

@@ -9,9 +9,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from netgraph.errors import ConfigError
 
-ENCODINGS = ("bernoulli", "events")
+from netgraph.encodings import ENCODINGS
+from netgraph.errors import ConfigError
 
 
 def bernoulli_encode(

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.surrogate import Surrogate, spike
 from netgraph.errors import ConfigError
+from trainer.surrogate import Surrogate, spike
 
 
 @dataclass(frozen=True)

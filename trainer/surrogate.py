@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+
 from netgraph.errors import ConfigError
 
 SURROGATE_NAMES = ("h1", "h2", "h3", "h4")
