@@ -21,9 +21,6 @@ from netgraph.errors import HardwareConfigError
 from netgraph.limits import check_time_steps
 
 
-INT32_LIMIT = 1 << 31
-
-
 class ExportRangeError(HardwareConfigError):
     """A quantized parameter lies outside what the hardware config can represent."""
 
@@ -93,19 +90,21 @@ def _validate_integrator(network: ExportedNetwork, population: LIF, name: str) -
                                f"potential), but on the chip {problem} within {network.time_steps} steps")
 
 
-def _validate_int32(network: ExportedNetwork, population: LIF, name: str) -> None:
-    """Lava computes a synapse's output, the shifted input and the current in int32 (Dense's
-    int32 output port, LIF's `a_in << act_shift` and `u + a` on int32 arrays) where the
-    emulator uses int64: the two agree only while the largest input of one step, shifted,
-    plus the largest current stays below 2^31."""
+def _validate_input_reach(network: ExportedNetwork, population: LIF, name: str) -> None:
+    """Lava wraps the current u once per step (u - 2^24 when above 2^23, export.fixed_point.
+    wrap_current): that keeps u within its 24 bits only while one step's input, a <<
+    activation_shift, stays within 2^24 (2 x the state limit). Past it u leaves its range and
+    grows, and Lava's int32 arithmetic (Dense's output port, `a_in << act_shift`, `u + a`,
+    `v + u + bias`) overflows where the emulator computes in int64. Within it, no value Lava
+    computes reaches 2^31, so the emulator is exact: refuse anything past it."""
     hw = network.hardware
     largest, smallest = population_activation_extremes(network.graph, population, hw)
     reach = max(int(largest.max(initial=0)), -int(smallest.min(initial=0)))
-    bound = (reach << hw.activation_shift) + hw.state_limit
-    if bound >= INT32_LIMIT:
-        raise ExportRangeError(f"{name}: one step of its synaptic input can reach {reach} (<< {hw.activation_shift} "
-                               f"= {reach << hw.activation_shift}), past the int32 range Lava computes it in; "
-                               "lower the weights or weight_exp")
+    shifted, limit = reach << hw.activation_shift, 2 * hw.state_limit
+    if shifted > limit:
+        raise ExportRangeError(f"{name}: one step of its synaptic input can reach {reach} (<< {hw.activation_shift} = "
+                               f"{shifted}), past the {limit} within which the {hw.state_bits}-bit current stays "
+                               "in range (beyond it Lava's int32 arithmetic overflows); lower the weights or weight_exp")
 
 
 def validate_network(network: ExportedNetwork, where: str = "network") -> None:
@@ -125,9 +124,10 @@ def validate_network(network: ExportedNetwork, where: str = "network") -> None:
         elif isinstance(node, LIF):
             _validate_population(node, hw, name)
     for population in network.graph.populations:
-        _validate_int32(network, population, f"{where}: node {population.name} (LIF)")
-        if not population.spiking:
-            _validate_integrator(network, population, f"{where}: node {population.name} (LIF)")
+        name = f"{where}: node {population.name} (LIF)"
+        if not population.spiking:  # the tighter bound, with the more specific message
+            _validate_integrator(network, population, name)
+        _validate_input_reach(network, population, name)
     try:
         deployment_timing(network.graph, hw.max_synaptic_delay)
     except TimingError as exc:

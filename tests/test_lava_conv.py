@@ -14,6 +14,7 @@ from export.conv import conv_accumulate, conv_matrix
 from export.hw_config import resolve_hardware_config
 from export.quantize import conv_connections, cores_needed, quantize_graph, synaptic_memory_bits
 from export.timing import deployment_timing
+from export.validate import ExportRangeError, validate_network
 import helpers
 from helpers import HW, integer_network
 from lava_backend import runner  # imports lava only when a run is built
@@ -249,8 +250,13 @@ def test_a_sum_that_could_wrap_at_24_bits_falls_back_and_unknown_mappings_are_re
     assert conv_plan(full, "floating_pt", "conv", timing) == {"wide": None}  # floats do not wrap
     half = integer_network(structure, 2, weights={"wide": np.full((1, 1024, 6, 6), 226)}, bias=no_bias)
     assert conv_plan(half, "fixed_pt", "conv", timing) == {"wide": None}  # 226 * 36864 < 2^23
+    # Both are refused before any run: one step's input << 6 would pass the 2^24 within which
+    # Lava's current stays in range (export.validate); the fallback stays for other configs.
+    with pytest.raises(ExportRangeError, match="node l0 .*can reach 9363456 .*past the 16777216"):
+        validate_network(full)
+    quiet = integer_network(structure, 2, weights={"wide": np.full((1, 1024, 6, 6), 2)}, bias=no_bias)
     with pytest.raises(ValueError, match="unknown conv_mapping 'sparse'"):
-        run_network(full, np.zeros((1, 2, 1024, 6, 6), np.uint8), conv_mapping="sparse", progress=False)
+        run_network(quiet, np.zeros((1, 2, 1024, 6, 6), np.uint8), conv_mapping="sparse", progress=False)
 
 
 # --------------------------------------------------------------------------- quantization report (no Lava)
