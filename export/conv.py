@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from netgraph.geometry import ConvGeometry
+from netgraph.limits import check_memory
 
 
 def fold_avgpool_into_conv(kernel: np.ndarray, stride: int, padding: int, pool: int) -> tuple[np.ndarray, int, int]:
@@ -72,13 +73,15 @@ def conv_accumulate(x_flat: np.ndarray, kernel: np.ndarray, geometry: ConvGeomet
     return out
 
 
-def conv_matrix(kernel: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+def conv_matrix(kernel: np.ndarray, geometry: ConvGeometry, what: str = "conv") -> np.ndarray:
     """The conv as a dense (O*H'*W', C*H*W) matrix: row (o, i, j) holds the kernel weights at
-    the inputs its receptive field covers, so matrix @ x_flat == conv_accumulate(x_flat)."""
+    the inputs its receptive field covers, so matrix @ x_flat == conv_accumulate(x_flat).
+    Refused (ResourceLimitError naming `what`) past netgraph.limits.memory_limit()."""
     c, h, w = geometry.in_shape
     out_channels = kernel.shape[0]
     oh, ow = geometry.out_hw
     kh, kw = geometry.kernel
+    check_memory(out_channels * oh * ow * c * h * w * kernel.dtype.itemsize, f"{what}: the unrolled conv matrix")
     matrix = np.zeros((out_channels, oh, ow, c, h, w), dtype=kernel.dtype)
     for i in range(oh):
         for j in range(ow):

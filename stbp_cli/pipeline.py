@@ -27,6 +27,7 @@ from lava_backend.fidelity import BACKENDS, REFERENCE, BackendRun, FidelityRepor
 from lava_backend.runner import run_network
 from netgraph import Dense, Graph, Input
 from netgraph.errors import FidelityError
+from netgraph.limits import check_memory
 from netgraph.provenance import package_versions
 from spikedata import DataError, Split, load_dataset
 from trainer.checkpoint import Checkpoint, build_model, checkpoint_from_graph, float_graph, load_checkpoint, save_checkpoint
@@ -90,6 +91,8 @@ def evaluation_split(network: ExportedNetwork, name: str, path: str | None, limi
 
 def evaluation_spikes(network: ExportedNetwork, split: Split) -> np.ndarray:
     """The evaluation encoding of `split` with the network's seed: uint8 (N, T, *input_shape)."""
+    check_memory(len(split.labels) * network.time_steps * math.prod(network.input_shape),
+                 f"the input spikes of {len(split.labels)} samples (T = {network.time_steps}; use --limit)")
     return encode_split(network.encoding, split.inputs, network.time_steps, network.eval_seed)
 
 
