@@ -61,6 +61,7 @@ SCHEMA_VERSION = 2
 DOMAIN = "ai.stbp_loihi"
 DOMAIN_VERSION = 2
 STATE_SUFFIX = ".previous"
+MAX_ARTIFACT_BYTES = (1 << 31) - 1  # protobuf refuses larger messages
 OPSETS = {"": 17, DOMAIN: DOMAIN_VERSION}  # ai.onnx for Identity, ours for the Loihi ops
 _INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}")
 _META_KEYS = ("schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed")
@@ -591,6 +592,25 @@ def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
     return {**fields, "metadata": _provenance(meta, path), "readout": readout}
 
 
+def _check_no_foreign_parts(model, path: Path) -> None:
+    """Refuses what the writer never writes and the loader would otherwise pass over: tensors
+    stored in other files, local functions, sparse initializers, training info, quantization
+    annotations, a node overload or subgraph attributes."""
+    graph = model.graph
+    external = [t.name for t in graph.initializer if t.data_location == TensorProto.EXTERNAL or t.external_data]
+    if external:
+        raise ArtifactError(f"{path}: tensor '{external[0]}' is stored outside the file (external data is not read)")
+    foreign = {"local functions": len(model.functions), "training info": len(model.training_info),
+               "sparse initializers": len(graph.sparse_initializer),
+               "quantization annotations": len(graph.quantization_annotation)}
+    present = [what for what, count in foreign.items() if count]
+    if present:
+        raise ArtifactError(f"{path}: holds {', '.join(present)}, which this schema does not use")
+    for node in graph.node:
+        if node.overload or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise ArtifactError(f"{path}: node {node.name}: overloads and subgraph attributes are not part of the schema")
+
+
 def _check_text_fields(model, path: Path) -> None:
     """Every name and string the loader reads is text: protobuf hands invalid UTF-8 over as bytes."""
     graph = model.graph
@@ -614,11 +634,15 @@ def load_artifact(path: str | Path) -> ExportedNetwork:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
+    if path.stat().st_size > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(f"{path}: {path.stat().st_size} bytes, more than an ONNX file can hold "
+                            f"({MAX_ARTIFACT_BYTES} bytes, protobuf's limit)")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)  # never read a file the artifact points at
     except Exception as exc:  # onnx raises DecodeError and others
         raise ArtifactError(f"{path}: not a readable ONNX file ({exc})") from exc
     _check_text_fields(model, path)
+    _check_no_foreign_parts(model, path)
     fields = _read_metadata(_metadata_dict(model, path), path)
     readout = fields.pop("readout")
     domains = sorted((o.domain, o.version) for o in model.opset_import)
