@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from netgraph.errors import HardwareConfigError
+from netgraph.yaml_input import read_yaml
 
 
 
@@ -113,12 +112,27 @@ FIELD_RANGES = {
 }
 
 
+def _shown(value: Any) -> str:
+    """A value for a one-line message, cut short (a corrupted file may hold a huge one)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({type(value).__name__} of {len(text):,} characters)"
+
+
 def _require_int(raw: dict, key: str, where: str) -> int:
     if key not in raw:
         raise HardwareConfigError(f"{where}: missing key '{key}'")
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise HardwareConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        raise HardwareConfigError(f"{where}: '{key}' must be an integer, got {_shown(value)}")
+    return value
+
+
+def _require_text(raw: dict, key: str, default: Any, where: str) -> str:
+    if key not in raw and default is dataclasses.MISSING:
+        raise HardwareConfigError(f"{where}: missing key '{key}'")
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise HardwareConfigError(f"{where}: '{key}' must be text, got {_shown(value)}")
     return value
 
 
@@ -126,23 +140,21 @@ def hardware_config_from_dict(raw: Any, where: str) -> HardwareConfig:
     if not isinstance(raw, dict):
         raise HardwareConfigError(f"{where}: expected a mapping at the top level")
     fields = {f.name: f for f in dataclasses.fields(HardwareConfig)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(str(key) for key in set(raw) - set(fields))  # YAML keys may be numbers
     if unknown:
         raise HardwareConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         if f.type == "str":
-            if name not in raw and f.default is dataclasses.MISSING:
-                raise HardwareConfigError(f"{where}: missing key '{name}'")
-            values[name] = str(raw.get(name, f.default))
+            values[name] = _require_text(raw, name, f.default, where)
         else:
             values[name] = _require_int(raw, name, where)
     cfg = HardwareConfig(**values)
     for name, (low, high) in FIELD_RANGES.items():
         value = getattr(cfg, name)
         if not low <= value <= high:
-            raise HardwareConfigError(f"{where}: '{name}' = {value} is outside [{low}, {high}] (the range the "
-                                      "integer arithmetic supports)")
+            raise HardwareConfigError(f"{where}: '{name}' = {_shown(value)} is outside [{low}, {high}] (the range "
+                                      "the integer arithmetic supports)")
     if cfg.weight_exp_min > cfg.weight_exp_max or cfg.bias_exp_min > cfg.bias_exp_max:
         raise HardwareConfigError(f"{where}: an exponent range has min > max")
     if cfg.num_weight_bits_max > cfg.weight_bits:
@@ -151,15 +163,11 @@ def hardware_config_from_dict(raw: Any, where: str) -> HardwareConfig:
 
 
 def load_hardware_config(path: str | Path) -> HardwareConfig:
-    """Reads and validates a hw_configs/*.yaml file."""
+    """Reads and validates a hw_configs/*.yaml file (netgraph.yaml_input bounds the YAML itself)."""
     path = Path(path)
     if not path.is_file():
         raise HardwareConfigError(f"hardware config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise HardwareConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return hardware_config_from_dict(raw, str(path))
+    return hardware_config_from_dict(read_yaml(path, "hardware config", HardwareConfigError), str(path))
 
 
 HW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hw_configs"

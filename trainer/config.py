@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from netgraph import READOUTS
-from netgraph.errors import ConfigError
+from netgraph.errors import ConfigError, ResourceLimitError
+from netgraph.limits import MAX_DIMENSION, MAX_ELEMENTS, MAX_TIME_STEPS, check_memory, check_time_steps
+from netgraph.yaml_input import read_yaml
 from spikedata import DATASETS
 from trainer.encoding import ENCODINGS
 from trainer.surrogate import SURROGATE_NAMES
@@ -34,6 +34,11 @@ MPBP_NEURONS = ("loihi", "paper")
 MAX_LATERAL_INHIBITION = 10.0
 LR_SCHEDULES = ("constant", "inverse_sqrt")
 INITS = ("pytorch", "paper")
+# Seeds go to torch.manual_seed and into artifacts, which hold 63-bit seeds (as derive_seed gives).
+MAX_SEED = (1 << 63) - 1
+# Fixed weights (a lateral inhibition, a spiking pool's kernel) are built in float64 with the
+# network graph, then held again in float32 by the trained network.
+FIXED_WEIGHT_BYTES = 8 + 4
 
 
 
@@ -247,7 +252,7 @@ class RunConfig:
 
 
 def _check_keys(raw: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
+    unknown = sorted(str(key) for key in set(raw) - allowed)  # YAML keys may be numbers
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
@@ -266,15 +271,42 @@ def _get(raw: dict, key: str, where: str, kind: type | tuple, default: Any, *, r
     if isinstance(value, bool) and bool not in kinds:
         raise ConfigError(f"{where}.{key}: expected {kinds[0].__name__}, got boolean {value}")
     if not isinstance(value, kinds):
-        raise ConfigError(
-            f"{where}.{key}: expected {kinds[0].__name__}, got {type(value).__name__} {value!r}"
-        )
+        text = repr(value)  # cut short: a corrupted file may hold a huge value
+        raise ConfigError(f"{where}.{key}: expected {kinds[0].__name__}, got {type(value).__name__} "
+                          f"{text if len(text) <= 60 else text[:40] + '...'}")
     return value
 
 
 def _positive_int(value, where: str):
     if value is not None and value < 1:
         raise ConfigError(f"{where}: must be a positive integer, got {value}")
+    return value
+
+
+def _shown(value: int) -> str:
+    """An integer as text, shortened when a corrupted file gives thousands of digits."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:8]}... ({len(text)} digits)"
+
+
+def _at_most(value, limit: int, where: str):
+    """Refuses a declared size above its documented limit (netgraph.limits), so that no file
+    can make training or export allocate without bound; None passes."""
+    if value is not None and value > limit:
+        raise ResourceLimitError(f"{where}: {_shown(value)} is more than the limit of {limit:,}")
+    return value
+
+
+def _size(value, limit: int, where: str):
+    """A positive integer size of at most `limit`: MAX_DIMENSION for what lies along one axis
+    (units, channels, kernel, stride, a batch's samples, the history's epochs), MAX_ELEMENTS
+    for a count of samples."""
+    return _at_most(_positive_int(value, where), limit, where)
+
+
+def _seed(value: int, where: str) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{where}: a seed must lie in [0, 2^63 - 1], got {_shown(value)}")
     return value
 
 
@@ -303,7 +335,9 @@ def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
 
 
 def _section(raw: dict, key: str, where: str) -> dict:
-    section = raw.get(key) or {}
+    section = raw.get(key)
+    if section is None:  # absent or empty: the defaults
+        return {}
     if not isinstance(section, dict):
         raise ConfigError(f"{where}.{key}: expected a mapping, got {type(section).__name__}")
     return section
@@ -319,9 +353,10 @@ def _layer_input(raw: Any, where: str, layer_type: str) -> LayerInput:
     if layer_type != "conv" and any(value is not None for value in geometry.values()):
         raise ConfigError(f"{where}: kernel_size, stride and padding apply only to the inputs of a conv layer")
     for key in ("kernel_size", "stride"):
-        _positive_int(geometry[key], f"{where}.{key}")
+        _size(geometry[key], MAX_DIMENSION, f"{where}.{key}")
     if geometry["padding"] is not None and geometry["padding"] < 0:
         raise ConfigError(f"{where}.padding: must be >= 0, got {geometry['padding']}")
+    _at_most(geometry["padding"], MAX_DIMENSION, f"{where}.padding")
     return LayerInput(source=_get(raw, "source", where, str, None, required=True),
                       recurrent=_get(raw, "recurrent", where, bool, False), **geometry)
 
@@ -340,20 +375,22 @@ def _layer(raw: Any, where: str) -> LayerConfig:
     extra = sorted(k for k in set(raw) - allowed if raw[k] is not None and raw[k] != defaults.get(k))
     if extra:
         raise ConfigError(f"{where}: key(s) {', '.join(extra)} do not apply to a {layer_type} layer")
-    stride = _positive_int(_get(raw, "stride", where, int, 1), f"{where}.stride")
+    stride = _size(_get(raw, "stride", where, int, 1), MAX_DIMENSION, f"{where}.stride")
     padding = _get(raw, "padding", where, int, 0)
     if padding < 0:
         raise ConfigError(f"{where}.padding: must be >= 0, got {padding}")
+    _at_most(padding, MAX_DIMENSION, f"{where}.padding")
     inputs = raw.get("inputs")
     if inputs is not None and (not isinstance(inputs, (list, tuple)) or not inputs):
         raise ConfigError(f"{where}.inputs: expected a non-empty list of layer names or mappings")
     return LayerConfig(
         type=layer_type,
-        units=_positive_int(_get(raw, "units", where, int, None, required="units" in needed), f"{where}.units"),
-        channels=_positive_int(_get(raw, "channels", where, int, None, required="channels" in needed),
-                               f"{where}.channels"),
-        kernel_size=_positive_int(_get(raw, "kernel_size", where, int, None, required="kernel_size" in needed),
-                                  f"{where}.kernel_size"),
+        units=_size(_get(raw, "units", where, int, None, required="units" in needed), MAX_DIMENSION,
+                    f"{where}.units"),
+        channels=_size(_get(raw, "channels", where, int, None, required="channels" in needed), MAX_DIMENSION,
+                       f"{where}.channels"),
+        kernel_size=_size(_get(raw, "kernel_size", where, int, None, required="kernel_size" in needed),
+                          MAX_DIMENSION, f"{where}.kernel_size"),
         stride=stride,
         padding=padding,
         tau=_tau(_get(raw, "tau", where, float, None), f"{where}.tau"),
@@ -446,7 +483,24 @@ def _resolve_layers(layers: tuple[LayerConfig, ...], where: str) -> tuple[LayerC
         if layer.name not in read:
             raise ConfigError(f"{where}[{i}]: layer {layer.name!r} is read by no other layer and is not the output")
     _check_node_names(resolved, where)
+    _check_fixed_weight_memory(resolved, where)
     return tuple(resolved)
+
+
+def _check_fixed_weight_memory(layers: tuple[LayerConfig, ...], where: str) -> None:
+    """Bounds the weights the config fixes, which trainer.architecture builds with the graph,
+    before any size check on the network can run: a lateral inhibition's (units, units)
+    matrix and a spiking pool's (C, C, k, k) kernel, C the channels of the conv it pools (1
+    for the network input: only the data set knows its channels, 1 or 2 for the shipped ones)."""
+    channels = {layer.name: layer.channels for layer in layers if layer.type == "conv"}
+    for i, layer in enumerate(layers):
+        if layer.lateral_inhibition:
+            check_memory(layer.units ** 2 * FIXED_WEIGHT_BYTES,
+                         f"{where}[{i}].lateral_inhibition ({layer.units} x {layer.units} fixed weights)")
+        if layer.spiking_pool:
+            c, k = channels.get(layer.inputs[0].source) or 1, layer.kernel_size
+            check_memory((c * k) ** 2 * FIXED_WEIGHT_BYTES,
+                         f"{where}[{i}].kernel_size (a spiking pool's {c} x {c} x {k} x {k} fixed weights)")
 
 
 def _check_node_names(layers: tuple[LayerConfig, ...], where: str) -> None:
@@ -501,7 +555,7 @@ def _hm2bp_config(h: dict, w: str) -> HM2BPConfig:
         desired_count=_get(h, "desired_count", w, float, 35.0),
         undesired_count=_get(h, "undesired_count", w, float, 5.0),
         margin=_get(h, "margin", w, float, 5.0),
-        refractory_steps=_get(h, "refractory_steps", w, int, 0),
+        refractory_steps=_at_most(_get(h, "refractory_steps", w, int, 0), MAX_TIME_STEPS, f"{w}.refractory_steps"),
     )
     if not (math.isfinite(config.desired_count) and math.isfinite(config.undesired_count)
             and 0 <= config.undesired_count < config.desired_count):
@@ -649,8 +703,8 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
     data = DataConfig(
         name=_choice(_get(d, "name", w, str, "digits"), DATASETS, f"{w}.name"),
         path=_get(d, "path", w, str, None),
-        train_limit=_positive_int(_get(d, "train_limit", w, int, None), f"{w}.train_limit"),
-        test_limit=_positive_int(_get(d, "test_limit", w, int, None), f"{w}.test_limit"),
+        train_limit=_size(_get(d, "train_limit", w, int, None), MAX_ELEMENTS, f"{w}.train_limit"),
+        test_limit=_size(_get(d, "test_limit", w, int, None), MAX_ELEMENTS, f"{w}.test_limit"),
     )
     if data.name in ("mnist", "nmnist") and not data.path:
         raise ConfigError(f"{w}.path: the {data.name} dataset needs the directory of its files")
@@ -662,6 +716,7 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         kind=_choice(_get(e, "kind", w, str, "bernoulli"), ENCODINGS, f"{w}.kind"),
         time_steps=_positive_int(_get(e, "time_steps", w, int, 16), f"{w}.time_steps"),
     )
+    check_time_steps(encoding.time_steps, w)
 
     t = _section(raw, "training", source)
     w = f"{source}: training"
@@ -676,13 +731,13 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         lee2019=_lee2019_config(_section(t, "lee2019", w), f"{w}.lee2019"),
         optimizer=_choice(_get(t, "optimizer", w, str, "adam"), OPTIMIZERS, f"{w}.optimizer"),
         weight_decay=_within(_get(t, "weight_decay", w, float, 0.0), 0.0, 1.0, f"{w}.weight_decay"),
-        epochs=_positive_int(_get(t, "epochs", w, int, 10), f"{w}.epochs"),
-        batch_size=_positive_int(_get(t, "batch_size", w, int, 64), f"{w}.batch_size"),
+        epochs=_size(_get(t, "epochs", w, int, 10), MAX_DIMENSION, f"{w}.epochs"),
+        batch_size=_size(_get(t, "batch_size", w, int, 64), MAX_DIMENSION, f"{w}.batch_size"),
         learning_rate=_finite_positive(_get(t, "learning_rate", w, float, 1e-3), f"{w}.learning_rate"),
         lr_schedule=_choice(_get(t, "lr_schedule", w, str, "constant"), LR_SCHEDULES, f"{w}.lr_schedule"),
         loss=_choice(_get(t, "loss", w, str, "mse"), LOSSES, f"{w}.loss"),
         device=device,
-        eval_seed=_get(t, "eval_seed", w, int, 12345),
+        eval_seed=_seed(_get(t, "eval_seed", w, int, 12345), f"{w}.eval_seed"),
     )
     _check_method_network(model, training, encoding.time_steps, source)
     return RunConfig(
@@ -690,22 +745,18 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         data=data,
         encoding=encoding,
         training=training,
-        seed=_get(raw, "seed", source, int, 0),
+        seed=_seed(_get(raw, "seed", source, int, 0), f"{source}: seed"),
         output_dir=_get(raw, "output_dir", source, str, "runs/default"),
         source=source,
     )
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Reads and validates a YAML run config."""
+    """Reads and validates a YAML run config (netgraph.yaml_input bounds the YAML itself)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return config_from_dict(raw, str(path))
+    return config_from_dict(read_yaml(path, "run config", ConfigError), str(path))
 
 
 def config_with_overrides(config: RunConfig, **overrides: Any) -> RunConfig:

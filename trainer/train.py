@@ -23,15 +23,18 @@ from tqdm import tqdm
 
 from netgraph import Graph, final_potential
 from netgraph.errors import ConfigError, TrainingError
+from netgraph.limits import check_memory
 from netgraph.provenance import derive_seed, package_versions
 from spikedata import Dataset, Split, load_dataset
-from trainer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (Checkpoint, CheckpointError, build_optimizer, check_optimizer_state, load_checkpoint,
+                                save_checkpoint, trained_parameters, training_network)
 from trainer.config import RunConfig
-from trainer.encoding import encode, iter_encoded_batches
+from trainer.encoding import EVAL_CHUNK, encode, iter_encoded_batches
 from trainer import hm2bp, lee2019, mpbp
 from trainer.network import NetworkOutput, SpikingNetwork
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+EVAL_BATCH = 256  # samples evaluate() runs through the network at once
 _SHUFFLE_STREAM, _ENCODE_STREAM, _DROPOUT_STREAM = 0, 1, 2
 
 
@@ -96,28 +99,30 @@ def _train_step(model: SpikingNetwork, optimizer, config: RunConfig, spikes: tor
 
 def _new_model(config: RunConfig, input_shape: tuple[int, ...], device: torch.device) -> SpikingNetwork:
     """The configured network, initialised as its training method does it, on `device`."""
-    model = SpikingNetwork.from_config(config.model, input_shape, seed=config.seed, source=config.source,
-                                       threshold_gains=config.training.per_neuron_thresholds)
-    if config.training.method == "mpbp":
-        mpbp.initialize(model, config.training.mpbp, config.seed)
-    if config.training.method == "lee2019":
-        lee2019.prepare(model, config.training.lee2019, config.seed)
-    return model.to(device)
+    return training_network(config, input_shape).to(device)
 
 
 def _optimizer(model: SpikingNetwork, config: RunConfig) -> torch.optim.Optimizer:
     """training.optimizer over the trained parameters (a frozen bias is not one)."""
-    trained = [p for p in model.parameters() if p.requires_grad]
-    training = config.training
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(trained, lr=training.learning_rate, weight_decay=training.weight_decay)
-    return torch.optim.Adam(trained, lr=training.learning_rate, weight_decay=training.weight_decay)
+    return build_optimizer(trained_parameters(model), config.training)
+
+
+def _check_batch_memory(config: RunConfig, model: SpikingNetwork) -> None:
+    """Refuses before the first epoch a run whose batches could not fit in memory_limit():
+    a lower bound, one float32 per input value and per neuron per step per sample, which the
+    forward pass of every method holds (training: batch_size samples; evaluation: 256 samples
+    through the network, test inputs encoded 1,024 at a time, trainer.encoding.EVAL_CHUNK)."""
+    per_step = math.prod(model.input_shape) + sum(p.neurons for p in model.graph.populations)
+    samples = max(config.training.batch_size, EVAL_BATCH)
+    estimate = 4 * config.encoding.time_steps * max(samples * per_step, EVAL_CHUNK * math.prod(model.input_shape))
+    check_memory(estimate, f"{config.source}: one batch of {samples} samples x {config.encoding.time_steps} steps "
+                           f"(training.batch_size, encoding.time_steps)")
 
 
 @torch.no_grad()
 def evaluate(
     model: SpikingNetwork, config: RunConfig, split: Split, device: torch.device,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH,
 ) -> dict[str, Any]:
     """Test accuracy and mean firing rate per layer on the fixed evaluation encoding."""
     model.eval()
@@ -176,7 +181,9 @@ def _training_data(config: RunConfig) -> tuple[Dataset, tuple[int, ...]]:
 
 def _resume(resume: str | Path, config: RunConfig, model: SpikingNetwork, optimizer,
             log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]]]:
-    """Loads a checkpoint into the model and optimizer: (epochs completed, history)."""
+    """Loads a checkpoint into the model and optimizer: (epochs completed, history). Every
+    check runs here, before the first epoch: load_checkpoint's (the whole file against the
+    network its own config builds), then the fit to this run's config, data and optimizer."""
     saved = load_checkpoint(resume)
     changed = _compatible_for_resume(saved.config, config)
     if changed:
@@ -184,6 +191,14 @@ def _resume(resume: str | Path, config: RunConfig, model: SpikingNetwork, optimi
             f"{resume}: cannot resume, the config differs in {', '.join(changed)} "
             "(only training.epochs, training.device and output_dir may change)"
         )
+    if tuple(saved.input_shape) != tuple(model.input_shape):
+        raise CheckpointError(f"{resume}: its network reads inputs of shape {saved.input_shape}, but this run's data "
+                              f"set gives {model.input_shape}")
+    if saved.optimizer_state is None and saved.epochs_completed > 0:
+        raise CheckpointError(f"{resume}: holds no optimizer state after {saved.epochs_completed} epoch(s); resuming "
+                              "would not continue the run (train from the start instead)")
+    if saved.optimizer_state is not None:
+        check_optimizer_state(saved.optimizer_state, optimizer, str(resume))
     try:
         model.load_state_dict(saved.model_state)
         if saved.optimizer_state is not None:
@@ -244,6 +259,7 @@ def train(
     if model.num_outputs != dataset.num_classes:
         raise ConfigError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
                          f"has {dataset.num_classes} classes")
+    _check_batch_memory(config, model)
     optimizer = _optimizer(model, config)
     start_epoch, history = 0, []
     if resume is not None:
