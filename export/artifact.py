@@ -54,7 +54,7 @@ from netgraph.encodings import ENCODINGS
 from netgraph.errors import ArtifactError, HardwareConfigError, ResourceLimitError
 from netgraph.limits import MAX_DIMENSION, MAX_TIME_STEPS, check_shape
 from netgraph.nodes import NAME_PATTERN
-from netgraph.provenance import atomic_write
+from netgraph.provenance import atomic_write, read_json
 
 SCHEMA_NAME = "stbp-loihi-network"
 SCHEMA_VERSION = 2
@@ -509,8 +509,8 @@ def _integer_text(meta: dict[str, str], key: str, low: int, high: int, path: Pat
 
 def _json_value(text: str, key: str, path: Path) -> Any:
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        return read_json(text)
+    except ValueError as exc:
         raise ArtifactError(f"{path}: metadata is invalid: '{key}' is not JSON ({_one_line(exc)[:120]})") from None
 
 
@@ -542,9 +542,11 @@ def _provenance(meta: dict[str, str], path: Path) -> dict[str, Any]:
             extra[key] = _json_value(text, key, path)
         else:  # older artifacts wrote strings as they were and everything else as JSON
             try:
-                extra[key] = json.loads(text)
-            except (json.JSONDecodeError, RecursionError):
+                extra[key] = read_json(text)
+            except json.JSONDecodeError:  # not JSON: a string written as it was
                 extra[key] = text
+            except ValueError as exc:  # JSON, but repeated keys or nested too deeply
+                raise ArtifactError(f"{path}: metadata is invalid: '{key}': {_one_line(exc)}") from None
         expected = _PROVENANCE_TYPES.get(key)
         if expected is not None and not isinstance(extra[key], expected):
             raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be "
@@ -586,9 +588,9 @@ def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
     }
     try:
         fields["hardware"] = hardware_config_from_dict(_json_value(meta["hw_config"], "hw_config", path),
-                                                       f"{path} (embedded hw_config)")
+                                                       f"{path}: metadata 'hw_config'")
     except HardwareConfigError as exc:
-        raise ArtifactError(f"{path}: metadata is invalid: {exc}") from exc
+        raise ArtifactError(str(exc)) from exc
     return {**fields, "metadata": _provenance(meta, path), "readout": readout}
 
 

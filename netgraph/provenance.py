@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import platform
 import stat
@@ -58,6 +59,25 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+dirty" if dirty else "")) if commit else None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        raise ValueError(f"key(s) {', '.join(repr(k[:40]) for k in repeated)} given twice")
+    return dict(pairs)
+
+
+def read_json(text: str):
+    """JSON as every file this program writes records it: an object's keys must be unique
+    (json.loads would keep the last of repeated keys, another reader maybe the first, so two
+    tools could read the file as different things). Raises ValueError (json.JSONDecodeError,
+    repeated keys, or nesting too deep for the parser)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def derive_seed(*parts: int) -> int:

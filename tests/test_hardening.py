@@ -104,6 +104,7 @@ def test_reserved_metadata_keys_cannot_be_overwritten_by_provenance(tmp_path):
     ("training_seed", "not json", "'training_seed' is not JSON"),
     ("training_seed", "[" * 5000 + "]" * 5000, "'training_seed' is not JSON"),
     ("hw_config", "{", "'hw_config' is not JSON"),
+    ("training_config", '{"seed": 1, "seed": 2}', "'training_config' is not JSON .*'seed' given twice"),
 ])
 def test_bad_metadata_values_are_refused_naming_the_key(tmp_path, key, value, match):
     _one_line_error(_rewrite(_saved(tmp_path, _chain()), _set_meta(key, value)), match)

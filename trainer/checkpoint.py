@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save
 from netgraph import LIF, Conv2d, Graph, Synapse
 from netgraph.errors import CheckpointError
 from netgraph.limits import check_memory, check_shape
-from netgraph.provenance import atomic_write, package_versions
+from netgraph.provenance import atomic_write, package_versions, read_json
 from trainer import lee2019, mpbp
 from trainer.architecture import build_graph, layers_from_graph, synapse_name, synapse_names_in_config
 from trainer.config import ConfigError, RunConfig, TrainingConfig, config_from_dict, float_only_neuron
@@ -249,8 +249,8 @@ def _json_field(metadata: dict[str, str], key: str, path: Path) -> Any:
     if key not in metadata:
         raise CheckpointError(f"{path}: metadata '{key}' is missing")
     try:
-        return json.loads(metadata[key])
-    except (ValueError, RecursionError) as exc:  # deep nesting exhausts json's recursion
+        return read_json(metadata[key])
+    except ValueError as exc:  # not JSON, repeated keys, or nested too deeply
         raise CheckpointError(f"{path}: metadata '{key}' is not valid JSON ({_one_line(exc)[:200]})") from None
 
 
