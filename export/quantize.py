@@ -125,8 +125,11 @@ def _firing_extremes(largest_sum: np.ndarray, smallest_sum: np.ndarray, params: 
     v = np.zeros_like(largest_sum)
     fired = np.zeros(largest_sum.shape, dtype=bool)
     for _ in range(time_steps):
-        spikes, u, v = lif_fixed_step(largest_sum, u, v, params, hw)
+        spikes, u_next, v_next = lif_fixed_step(largest_sum, u, v, params, hw)
         fired |= spikes
+        if fired.all() or (np.array_equal(u_next, u) and np.array_equal(v_next, v)):
+            break  # nothing left to learn: every neuron fired, or the state repeats from here on
+        u, v = u_next, v_next
     always, _, _ = lif_fixed_step(smallest_sum, np.zeros_like(smallest_sum), np.zeros_like(smallest_sum), params, hw)
     return ~fired, always
 

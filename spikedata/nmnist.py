@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netgraph.limits import check_memory
 from netgraph.provenance import atomic_write
 from spikedata.base import DataError, Dataset, Split
 
@@ -82,6 +83,8 @@ def bin_events(events: np.ndarray, time_steps: int) -> np.ndarray:
 def load_nmnist_split(root: str | Path, train: bool, time_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """All samples of ROOT/Train (train=True) or ROOT/Test as (frames (N, T, 2, 34, 34) uint8, labels)."""
     dataset = _tonic_nmnist()(root, train=train)
+    check_memory(len(dataset) * time_steps * 2 * 34 * 34,
+                 f"{root}: {len(dataset)} N-MNIST samples of {time_steps} time bins (encoding.time_steps)")
     frames = np.empty((len(dataset), time_steps, 2, 34, 34), dtype=np.uint8)
     labels = np.empty(len(dataset), dtype=np.int64)
     for i in range(len(dataset)):

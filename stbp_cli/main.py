@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from export.artifact import artifact_bytes, load_artifact
 from export.emulator import emulate
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"stbp {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
-    except MemoryError:
+    except (MemoryError, torch.OutOfMemoryError):
         if debug:
             raise
         print(f"stbp {args.command}: error: out of memory (try --limit, fewer --shards, or a smaller batch)",
