@@ -51,7 +51,7 @@ from export.validate import ExportRangeError, validate_network
 from netgraph import (LIF, READOUTS, Conv2d, Dense, Edge, Graph, GraphError, Input, Node, Output, QuantizedLIF,
                       QuantizedSynapse, Sum)
 from netgraph.encodings import ENCODINGS
-from netgraph.errors import ArtifactError, HardwareConfigError, ResourceLimitError
+from netgraph.errors import ArtifactError, HardwareConfigError, ResourceLimitError, one_line
 from netgraph.limits import MAX_DIMENSION, MAX_TIME_STEPS, check_shape
 from netgraph.nodes import NAME_PATTERN
 from netgraph.provenance import atomic_write, read_json
@@ -63,7 +63,7 @@ DOMAIN_VERSION = 2
 STATE_SUFFIX = ".previous"
 MAX_ARTIFACT_BYTES = (1 << 31) - 1  # protobuf refuses larger messages
 OPSETS = {"": 17, DOMAIN: DOMAIN_VERSION}  # ai.onnx for Identity, ours for the Loihi ops
-_INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}")
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
 _META_KEYS = ("schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed")
 # The Output's decision rule (netgraph.decision); optional, absent in artifacts written before it
 # existed, which all read spike counts. A metadata key, because ONNX's Identity takes no attributes.
@@ -77,8 +77,6 @@ _PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
     "training_versions": (dict,), "export_versions": (dict,), "training_seed": (int,),
     "trained_test_accuracy": (float, int, type(None)), "quantization_report": (dict,),
 }
-
-
 
 
 # --------------------------------------------------------------------------- writing
@@ -211,10 +209,6 @@ def save_artifact(network: ExportedNetwork, path: str | Path) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
-
-
 class _NodeReader:
     """Reads one ONNX node's attributes and initializer inputs, each error naming the node."""
 
@@ -265,7 +259,7 @@ class _NodeReader:
         try:
             return float(numpy_helper.to_array(tensor))
         except Exception as exc:  # a raw_data of the wrong length
-            raise ArtifactError(f"{self.where}: attribute '{name}' cannot be read ({_one_line(exc)})") from None
+            raise ArtifactError(f"{self.where}: attribute '{name}' cannot be read ({one_line(exc)})") from None
 
     def string(self, name: str) -> str:
         raw = self._attr(name, onnx.AttributeProto.STRING, "a string")
@@ -511,7 +505,7 @@ def _json_value(text: str, key: str, path: Path) -> Any:
     try:
         return read_json(text)
     except ValueError as exc:
-        raise ArtifactError(f"{path}: metadata is invalid: '{key}' is not JSON ({_one_line(exc)[:120]})") from None
+        raise ArtifactError(f"{path}: metadata is invalid: '{key}' is not JSON ({one_line(exc)[:120]})") from None
 
 
 def _check_schema(meta: dict[str, str], path: Path) -> None:
@@ -546,7 +540,7 @@ def _provenance(meta: dict[str, str], path: Path) -> dict[str, Any]:
             except json.JSONDecodeError:  # not JSON: a string written as it was
                 extra[key] = text
             except ValueError as exc:  # JSON, but repeated keys or nested too deeply
-                raise ArtifactError(f"{path}: metadata is invalid: '{key}': {_one_line(exc)}") from None
+                raise ArtifactError(f"{path}: metadata is invalid: '{key}': {one_line(exc)}") from None
         expected = _PROVENANCE_TYPES.get(key)
         if expected is not None and not isinstance(extra[key], expected):
             raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be "
@@ -584,7 +578,7 @@ def _read_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "encoding": meta["encoding"],
         "time_steps": _integer_text(meta, "time_steps", 1, MAX_TIME_STEPS, path),
-        "eval_seed": _integer_text(meta, "eval_seed", 0, (1 << 63) - 1, path),
+        "eval_seed": _integer_text(meta, "eval_seed", -(1 << 63), (1 << 64) - 1, path),  # torch's seed range
     }
     try:
         fields["hardware"] = hardware_config_from_dict(_json_value(meta["hw_config"], "hw_config", path),

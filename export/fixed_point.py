@@ -183,6 +183,21 @@ def activation_extremes(synapse: Node, quantized, source_shape: tuple[int, ...],
     return shift_activation(high, quantized.weight_exp), shift_activation(low, quantized.weight_exp)
 
 
+def max_input_reach(hw: HardwareConfig) -> int:
+    """The largest |synaptic input| one step may bring a population (a, before the activation
+    shift) for the deployed arithmetic to stay exact: u wraps once per step (wrap_current),
+    which keeps it within its state_bits only while a << activation_shift <= 2 x state_limit;
+    past that u leaves its range and Lava's int32 arithmetic (Dense's output port, a_in <<
+    act_shift, u + a, v + u + bias) overflows where the emulator computes in int64. Within it
+    nothing Lava computes reaches 2^31 (for Lava's 24 state bits)."""
+    return (2 * hw.state_limit) >> hw.activation_shift
+
+
+def input_reach(largest: np.ndarray, smallest: np.ndarray) -> int:
+    """The largest |input| of one step, from population_activation_extremes."""
+    return max(int(largest.max(initial=0)), -int(smallest.min(initial=0)))
+
+
 def population_activation_extremes(graph: Graph, population: LIF, hw: HardwareConfig,
                                    quantized: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """activation_extremes summed over every synapse into `population`: what all its inputs

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netgraph.errors import HardwareConfigError
+from netgraph.errors import HardwareConfigError, shown
 from netgraph.yaml_input import read_yaml
-
-
 
 
 @dataclass(frozen=True)
@@ -112,18 +110,12 @@ FIELD_RANGES = {
 }
 
 
-def _shown(value: Any) -> str:
-    """A value for a one-line message, cut short (a corrupted file may hold a huge one)."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}... ({type(value).__name__} of {len(text):,} characters)"
-
-
 def _require_int(raw: dict, key: str, where: str) -> int:
     if key not in raw:
         raise HardwareConfigError(f"{where}: missing key '{key}'")
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise HardwareConfigError(f"{where}: '{key}' must be an integer, got {_shown(value)}")
+        raise HardwareConfigError(f"{where}: '{key}' must be an integer, got {shown(value)}")
     return value
 
 
@@ -132,7 +124,7 @@ def _require_text(raw: dict, key: str, default: Any, where: str) -> str:
         raise HardwareConfigError(f"{where}: missing key '{key}'")
     value = raw.get(key, default)
     if not isinstance(value, str):
-        raise HardwareConfigError(f"{where}: '{key}' must be text, got {_shown(value)}")
+        raise HardwareConfigError(f"{where}: '{key}' must be text, got {shown(value)}")
     return value
 
 
@@ -153,7 +145,7 @@ def hardware_config_from_dict(raw: Any, where: str) -> HardwareConfig:
     for name, (low, high) in FIELD_RANGES.items():
         value = getattr(cfg, name)
         if not low <= value <= high:
-            raise HardwareConfigError(f"{where}: '{name}' = {_shown(value)} is outside [{low}, {high}] (the range "
+            raise HardwareConfigError(f"{where}: '{name}' = {shown(value)} is outside [{low}, {high}] (the range "
                                       "the integer arithmetic supports)")
     if cfg.weight_exp_min > cfg.weight_exp_max or cfg.bias_exp_min > cfg.bias_exp_max:
         raise HardwareConfigError(f"{where}: an exponent range has min > max")

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from export.conv import conv_accumulate
-from export.fixed_point import (FixedLIFParameters, StateBounds, activation_extremes, integrator_headroom,
-                                lif_fixed_step, population_activation_extremes, state_bounds)
+from export.fixed_point import (FixedLIFParameters, StateBounds, activation_extremes, input_reach, integrator_headroom,
+                                lif_fixed_step, max_input_reach, population_activation_extremes, state_bounds)
 from export.fold import fold_average_pools
 from export.hw_config import HardwareConfig
 from export.netx import NETX_BIAS_EXP, NETX_WEIGHT_MAX, check_netx
@@ -204,6 +204,27 @@ def _integrator_scale(graph: Graph, population: LIF, synapses: list[tuple[Node, 
                            f"below its firing level and inside the 24-bit range over {time_steps} steps")
 
 
+def _reach_scale(graph: Graph, population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
+                 scale: float, hw: HardwareConfig, netx: bool, notes: list[str]) -> float:
+    """The largest scale <= `scale` (within 1%) at which one step's integer input stays within
+    fixed_point.max_input_reach (validation refuses anything past it): only very wide fan-ins
+    of same-sign weights need a lower scale, and the report notes it."""
+    limit, start = max_input_reach(hw), scale
+    with warnings.catch_warnings():  # trial scales only: the chosen one is quantized (and reported) by the caller
+        warnings.simplefilter("ignore", QuantizationWarning)
+        for _ in range(400):
+            quantized = {synapse.name: _quantize_synapse(synapse, w, scale, hw, True, [], netx)[0]
+                         for (synapse, _), w in zip(synapses, weights)}
+            reach = input_reach(*population_activation_extremes(graph, population, hw, quantized))
+            if reach <= limit:
+                if scale < start:
+                    notes.append(f"weight scale lowered {start / scale:.2f}x so that one step's input (at most "
+                                 f"{reach}) stays within {limit} (<< {hw.activation_shift}: the current's range)")
+                return scale
+            scale *= min(0.99, limit / reach)
+    raise ExportRangeError(f"node {population.name}: no weight scale keeps one step's input within {limit}")
+
+
 def _quantize_synapse(synapse: Node, weights: np.ndarray, scale: float, hw: HardwareConfig, allow_clip: bool,
                       notes: list[str], netx: bool = False) -> tuple[QuantizedSynapse, int]:
     """The integer synapse and how many weights were clipped."""
@@ -306,6 +327,7 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
     scale = _population_scale(population, weights, hw, netx)
     if not population.spiking:
         scale = _integrator_scale(graph, population, synapses, weights, scale, hw, time_steps, netx)
+    scale = _reach_scale(graph, population, synapses, weights, scale, hw, netx, notes)
     shift, vth_unit = 1 << hw.activation_shift, 1 << hw.vth_shift
 
     fed = _quantize_synapses(graph, population, synapses, weights, scale, hw, allow_clip, notes, netx)

@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from export.emulator import check_emulation_memory
-from export.fixed_point import FixedLIFParameters, integrator_headroom, population_activation_extremes, state_bounds
+from export.fixed_point import (FixedLIFParameters, input_reach, integrator_headroom, max_input_reach,
+                                population_activation_extremes, state_bounds)
 from export.hw_config import HardwareConfig
 from export.network import ExportedNetwork
 from export.timing import TimingError, deployment_timing
@@ -91,20 +92,15 @@ def _validate_integrator(network: ExportedNetwork, population: LIF, name: str) -
 
 
 def _validate_input_reach(network: ExportedNetwork, population: LIF, name: str) -> None:
-    """Lava wraps the current u once per step (u - 2^24 when above 2^23, export.fixed_point.
-    wrap_current): that keeps u within its 24 bits only while one step's input, a <<
-    activation_shift, stays within 2^24 (2 x the state limit). Past it u leaves its range and
-    grows, and Lava's int32 arithmetic (Dense's output port, `a_in << act_shift`, `u + a`,
-    `v + u + bias`) overflows where the emulator computes in int64. Within it, no value Lava
-    computes reaches 2^31, so the emulator is exact: refuse anything past it."""
+    """One step's synaptic input within export.fixed_point.max_input_reach (the bound within
+    which Lava's int32 arithmetic and the int64 emulator agree): refuse anything past it."""
     hw = network.hardware
-    largest, smallest = population_activation_extremes(network.graph, population, hw)
-    reach = max(int(largest.max(initial=0)), -int(smallest.min(initial=0)))
-    shifted, limit = reach << hw.activation_shift, 2 * hw.state_limit
-    if shifted > limit:
+    reach = input_reach(*population_activation_extremes(network.graph, population, hw))
+    if reach > max_input_reach(hw):
         raise ExportRangeError(f"{name}: one step of its synaptic input can reach {reach} (<< {hw.activation_shift} = "
-                               f"{shifted}), past the {limit} within which the {hw.state_bits}-bit current stays "
-                               "in range (beyond it Lava's int32 arithmetic overflows); lower the weights or weight_exp")
+                               f"{reach << hw.activation_shift}), past the {2 * hw.state_limit} within which the "
+                               f"{hw.state_bits}-bit current stays in range (beyond it Lava's int32 arithmetic "
+                               "overflows); lower the weights or weight_exp")
 
 
 def validate_network(network: ExportedNetwork, where: str = "network") -> None:

@@ -12,7 +12,6 @@ weights, bias and threshold are scaled alike), so the population holds one thres
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ import numpy as np
 
 from interchange.nir_neurons import NIR_INTEGRATORS, NIR_NEURONS, DiscreteNeuron, discretize
 from netgraph import LIF, AvgPool2d, Conv2d, Dense, Edge, Graph, GraphError, Input, Output, Sum, unique_name
-from netgraph.errors import InterchangeError
+from netgraph.errors import InterchangeError, one_line
 from netgraph.geometry import ConvGeometry, pooled_shape
+from netgraph.provenance import read_json
 
 SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)
 NEURONS = NIR_NEURONS
@@ -168,7 +168,12 @@ class _Importer:
         choice depends on the file's node order)."""
         recorded = (self.nir.metadata or {}).get("recurrent_synapses") if isinstance(self.nir.metadata, dict) else None
         if recorded is not None:
-            names = json.loads(recorded.decode() if isinstance(recorded, bytes) else recorded)
+            try:
+                names = read_json(recorded.decode() if isinstance(recorded, bytes) else str(recorded))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise self.error(None, f"metadata recurrent_synapses is not JSON ({one_line(exc)[:120]})") from None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise self.error(None, "metadata recurrent_synapses must be a JSON list of node names")
             unknown = [n for n in names if n not in reads or not isinstance(self.nir.nodes[n], SYNAPSES)]
             if unknown:
                 raise self.error(None, f"metadata recurrent_synapses names {unknown}, which are not synapses")

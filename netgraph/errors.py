@@ -18,6 +18,17 @@ import threading
 from typing import Iterator
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (whitespace runs folded), or its type's name."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def shown(value, width: int = 60) -> str:
+    """A value's repr for a one-line message, cut short: a corrupted file may hold a huge one."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[:40]}... ({type(value).__name__} of {len(text):,} characters)"
+
+
 class StbpError(ValueError):
     """Bad input the user can fix; the message is one line naming the file, node or key."""
 

@@ -55,8 +55,6 @@ def unique_name(wanted: str, taken) -> str:
 Inputs = Sequence[tuple[str, tuple[int, ...]]]
 
 
-
-
 @dataclass(frozen=True, eq=False)
 class QuantizedSynapse:
     """A synapse in Loihi integer form, as handed to Lava's Dense.

@@ -5,10 +5,12 @@ Torch-free, so the exporter's artifact reader and the Lava backend can use it to
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import stat
 import subprocess
 import sys
@@ -87,10 +89,17 @@ def derive_seed(*parts: int) -> int:
 
 
 _TMP_SUFFIX = ".tmp"
+_BACKUP_SUFFIX = ".bak"
 
 
 def _tmp_prefix(path: Path) -> str:
     return f".{path.name}."
+
+
+def _leftover_pattern(path: Path) -> re.Pattern:
+    """`.<name>.<pid>.<8 random characters>.tmp|.bak`: the whole name, so the temporaries of a
+    sibling such as `<name>.99999` never match."""
+    return re.compile(re.escape(_tmp_prefix(path)) + r"(\d+)\.[a-z0-9_]{8}(\.tmp|\.bak)")
 
 
 def _process_alive(pid: int) -> bool:
@@ -104,17 +113,28 @@ def _process_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Removes the temporary files that interrupted writes of `path` left beside it (their
-    name carries the writing process's id; files of a process still running are kept)."""
+    """Removes the temporary and backup files that interrupted writes of `path` left beside it
+    (their name carries the writing process's id; those of a process still running are kept)."""
     removed = []
-    prefix = _tmp_prefix(path)
-    for candidate in path.parent.glob(f"{glob_escape(prefix)}*{_TMP_SUFFIX}"):
-        pid_text = candidate.name[len(prefix):].split(".", 1)[0]
-        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+    pattern = _leftover_pattern(path)
+    for candidate in path.parent.glob(f"{glob_escape(_tmp_prefix(path))}*"):
+        match = pattern.fullmatch(candidate.name)
+        if match and not _process_alive(int(match.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 candidate.unlink()
                 removed.append(candidate)
     return removed
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, which would
+    race with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _new_file_mode(path: Path) -> int:
@@ -122,38 +142,74 @@ def _new_file_mode(path: Path) -> int:
     (mkstemp creates 0o600 whatever the umask)."""
     with contextlib.suppress(FileNotFoundError):
         return stat.S_IMODE(os.stat(path).st_mode)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
+
+
+def _open_temporary(path: Path, mode: str, temporaries: list[str]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    temporaries.append(tmp)
+    try:
+        os.fchmod(fd, _new_file_mode(path))
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _commit(temporaries: list[str], paths: list[Path]) -> None:
+    """Renames every temporary onto its path, or none: an existing file is first linked to a
+    backup, and if any rename fails the files already replaced get their backups back."""
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    backups: dict[Path, str] = {}
+    replaced: list[Path] = []
+    try:
+        for path in paths:
+            if path.exists():
+                backup = tempfile.mktemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=_BACKUP_SUFFIX,
+                                         dir=path.parent)
+                os.link(path, backup)  # the old file stays reachable until every rename succeeded
+                backups[path] = backup
+        for tmp, path in zip(temporaries, paths):
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+            replaced.append(path)
+    except BaseException:
+        for path in replaced:
+            if path in backups:
+                os.replace(backups.pop(path), path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        raise
+    finally:
+        for backup in backups.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(backup)
 
 
 @contextlib.contextmanager
 def atomic_files(paths: Sequence[str | Path], mode: str = "wb") -> Iterator[list]:
     """Writes several files as one unit: each to a temporary file beside it, and only when every
-    one of them is complete and fsynced are they renamed into place (a crash, a full disk or
-    Ctrl-C while writing leaves all the old files as they were and no new one). Temporary files
-    left by an interrupted earlier write of the same paths are removed first."""
+    one of them is complete and fsynced are they renamed into place, all or none (`_commit`):
+    a crash, a full disk, a failed rename or Ctrl-C while writing leaves the old files as they
+    were and no new one (a power cut between two renames is the one window left). Temporary
+    files left by an interrupted earlier write of the same paths are removed first."""
     paths = [Path(p) for p in paths]
     temporaries: list[str] = []
     try:
-        handles = []
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(path)
-            fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=_TMP_SUFFIX,
-                                       dir=path.parent)
-            temporaries.append(tmp)
-            os.fchmod(fd, _new_file_mode(path))
-            handles.append(os.fdopen(fd, mode))
         with contextlib.ExitStack() as stack:
-            for handle in handles:
-                stack.enter_context(handle)
+            handles = [stack.enter_context(_open_temporary(path, mode, temporaries)) for path in paths]
             yield handles
             for handle in handles:
                 handle.flush()
                 os.fsync(handle.fileno())
-        for tmp, path in zip(temporaries, paths):
-            os.replace(tmp, path)
+        _commit(temporaries, paths)
     except BaseException:
         for tmp in temporaries:
             with contextlib.suppress(FileNotFoundError):

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from netgraph.errors import ConfigError, StbpError
+from netgraph.errors import ConfigError, StbpError, one_line
 from netgraph.limits import MAX_YAML_BYTES, MAX_YAML_DEPTH, format_bytes
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -104,9 +104,6 @@ def _read_text(path: Path, what: str, error: type[StbpError]) -> str:
                     f"{exc.start}); save it as UTF-8") from None
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
 
 def _yaml_error_line(exc: yaml.YAMLError, text: str) -> str:
     """`not valid YAML at line N, column M: <what PyYAML says>` on one line."""
@@ -117,8 +114,8 @@ def _yaml_error_line(exc: yaml.YAMLError, text: str) -> str:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         parts = [part for part in (exc.context, exc.problem) if part]
-        return f"not valid YAML{where}: {_one_line('; '.join(parts))}"
-    return f"not valid YAML: {_one_line(exc)}"
+        return f"not valid YAML{where}: {one_line('; '.join(parts))}"
+    return f"not valid YAML: {one_line(exc)}"
 
 
 def read_yaml(path: str | Path, what: str, error: type[StbpError] = ConfigError) -> Any:
@@ -140,7 +137,7 @@ def read_yaml(path: str | Path, what: str, error: type[StbpError] = ConfigError)
     except yaml.YAMLError as exc:
         raise error(f"{path}: {_yaml_error_line(exc, text)}") from exc
     except (ValueError, OverflowError) as exc:  # a scalar its constructor refuses: a 5,000-digit int, a 13th month
-        raise error(f"{path}: a value cannot be read: {_one_line(exc)}") from exc
+        raise error(f"{path}: a value cannot be read: {one_line(exc)}") from exc
     finally:
         if loader is not None:
             loader.dispose()

@@ -8,8 +8,6 @@ import numpy as np
 from netgraph.errors import DataError
 
 
-
-
 @dataclass(frozen=True)
 class Split:
     inputs: np.ndarray  # float32 (N, C, H, W) in [0, 1], or (N, T, C, H, W) event frames

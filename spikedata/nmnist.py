@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from netgraph.errors import one_line
 from netgraph.limits import check_memory
 from netgraph.provenance import atomic_write
 from spikedata.base import DataError, Dataset, Split
@@ -61,7 +62,14 @@ def read_events(path: str | Path) -> np.ndarray:
     return read_mnist_file(str(path), dtype=NMNIST.dtype)
 
 
-def bin_events(events: np.ndarray, time_steps: int) -> np.ndarray:
+def _check_events(events: np.ndarray, where: str) -> None:
+    """N-MNIST's sensor is 34 x 34 with two polarities: a recording outside it is corrupt."""
+    if len(events) and (events["x"].max() >= 34 or events["y"].max() >= 34 or events["p"].max() > 1):
+        raise DataError(f"{where}: events outside the 34x34 sensor or its two polarities (x <= "
+                        f"{events['x'].max()}, y <= {events['y'].max()}): not an N-MNIST recording, or a corrupt one")
+
+
+def bin_events(events: np.ndarray, time_steps: int, where: str = "events") -> np.ndarray:
     """Events -> (time_steps, 2, 34, 34) uint8 spike frames (T, polarity, y, x).
 
     The recording's span [t_first, t_last] is cut into `time_steps` equal bins and a pixel
@@ -70,6 +78,7 @@ def bin_events(events: np.ndarray, time_steps: int) -> np.ndarray:
     `ToFrame(n_time_bins=T)` floors the bin width to whole microseconds and uses half-open
     bins, so it silently drops the events at the last timestamp; hence this binning.)
     """
+    _check_events(events, where)
     frames = np.zeros((time_steps, 2, 34, 34), dtype=np.uint8)
     if len(events) == 0:
         return frames
@@ -83,13 +92,18 @@ def bin_events(events: np.ndarray, time_steps: int) -> np.ndarray:
 def load_nmnist_split(root: str | Path, train: bool, time_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """All samples of ROOT/Train (train=True) or ROOT/Test as (frames (N, T, 2, 34, 34) uint8, labels)."""
     dataset = _tonic_nmnist()(root, train=train)
-    check_memory(len(dataset) * time_steps * 2 * 34 * 34,
+    check_memory(len(dataset) * time_steps * 2 * 34 * 34 * (1 + 4),  # uint8 frames, then their float32 copy
                  f"{root}: {len(dataset)} N-MNIST samples of {time_steps} time bins (encoding.time_steps)")
     frames = np.empty((len(dataset), time_steps, 2, 34, 34), dtype=np.uint8)
     labels = np.empty(len(dataset), dtype=np.int64)
+    files = getattr(dataset, "data", None)  # tonic's list of the recordings' paths
     for i in range(len(dataset)):
-        events, label = dataset[i]
-        frames[i] = bin_events(events, time_steps)
+        where = str(files[i]) if files is not None and i < len(files) else f"{root}: recording {i}"
+        try:
+            events, label = dataset[i]
+        except (OSError, ValueError, IndexError) as exc:
+            raise DataError(f"{where}: cannot be read as an N-MNIST recording ({one_line(exc)})") from exc
+        frames[i] = bin_events(events, time_steps, where)
         labels[i] = label
     return frames, labels
 

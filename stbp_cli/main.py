@@ -22,7 +22,7 @@ from interchange.nir_neurons import DEFAULT_DT, NIR_INTEGRATORS, NIR_NEURONS
 from lava_backend.fidelity import check_gates, plot_report
 from lava_backend.runner import run_network
 from netgraph import Graph
-from netgraph.errors import ConfigError, StbpError, Terminated, UsageError, raise_on_sigterm
+from netgraph.errors import ConfigError, StbpError, Terminated, UsageError, one_line, raise_on_sigterm
 from netgraph.provenance import atomic_files, atomic_write
 from spikedata import DATASETS, load_dataset
 from stbp_cli.pipeline import (evaluation_spikes, evaluation_split, export_checkpoint, export_nir,
@@ -383,15 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _os_error_line(exc: OSError) -> str:
     """`path: reason` (both paths of a failed rename or copy) for a failed file operation."""
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
-    reason = exc.strerror or _one_line(exc)
+    reason = exc.strerror or one_line(exc)
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
@@ -409,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     except StbpError as exc:
         if debug:
             raise
-        print(f"stbp {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"stbp {args.command}: error: {one_line(exc)}", file=sys.stderr)
     except OSError as exc:
         if debug:
             raise
@@ -426,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stbp {args.command}: terminated", file=sys.stderr)
         return EXIT_TERMINATED
     return EXIT_USAGE
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -91,7 +91,7 @@ def evaluation_split(network: ExportedNetwork, name: str, path: str | None, limi
 
 def evaluation_spikes(network: ExportedNetwork, split: Split) -> np.ndarray:
     """The evaluation encoding of `split` with the network's seed: uint8 (N, T, *input_shape)."""
-    check_memory(len(split.labels) * network.time_steps * math.prod(network.input_shape),
+    check_memory(2 * len(split.labels) * network.time_steps * math.prod(network.input_shape),  # chunks, then joined
                  f"the input spikes of {len(split.labels)} samples (T = {network.time_steps}; use --limit)")
     return encode_split(network.encoding, split.inputs, network.time_steps, network.eval_seed)
 

@@ -16,7 +16,8 @@ import pytest
 from export.artifact import load_artifact, save_artifact, to_onnx
 from export.emulator import emulate, emulation_bytes_per_sample
 from export.validate import ExportRangeError, validate_network
-from helpers import HW, chain_structure, integer_network
+from conftest import REPO_ROOT
+from helpers import chain_structure, integer_network
 from lava_backend import runner
 from lava_backend.runner import run_network
 from netgraph import Conv2d, Edge, Graph, Input, LIF, Output
@@ -97,7 +98,7 @@ def test_reserved_metadata_keys_cannot_be_overwritten_by_provenance(tmp_path):
     ("time_steps", "1_000", "'time_steps' must be an integer, got '1_000'"),
     ("time_steps", "0", "'time_steps' = 0 is outside"),
     ("time_steps", "1e3", "'time_steps' must be an integer"),
-    ("eval_seed", "-1", "'eval_seed' = -1 is outside"),
+    ("eval_seed", str(1 << 64), "'eval_seed' = 18446744073709551616 is outside"),
     ("encoding", "rot13", "'encoding' must be one of bernoulli, events, got 'rot13'"),
     ("output_readout", "votes", "'output_readout' must be one of"),
     ("metadata_format", "pickle", "'metadata_format' must be 'json'"),
@@ -141,6 +142,22 @@ def test_old_artifacts_without_the_metadata_format_still_read_strings_as_written
         model.metadata_props.add(key="note", value="plain text")
     loaded = load_artifact(_rewrite(_saved(tmp_path, _chain()), legacy))
     assert loaded.metadata["note"] == "plain text"
+
+
+def test_an_artifact_written_before_this_schema_revision_loads_and_runs_unchanged(tmp_path):
+    legacy = REPO_ROOT / "tests" / "data" / "v2_artifact_fd61cd7.onnx"
+    model = onnx.load(str(legacy))
+    assert "metadata_format" not in {p.key for p in model.metadata_props}
+    assert {a.type for n in model.graph.node for a in n.attribute if a.name == "tau"} == {onnx.AttributeProto.FLOAT}
+    old = load_artifact(legacy)
+    assert old.metadata["source_checkpoint"].endswith(".safetensors") and isinstance(old.metadata["training_seed"], int)
+    rewritten = load_artifact(_saved(tmp_path, old))  # float64 attributes, JSON provenance
+    assert rewritten.metadata == old.metadata
+    for node in old.graph.populations:
+        assert (rewritten.graph.node(node.name).tau, rewritten.graph.node(node.name).v_threshold) == \
+            (node.tau, node.v_threshold)
+    spikes = np.random.default_rng(0).integers(0, 2, (6, old.time_steps, *old.input_shape)).astype(np.uint8)
+    np.testing.assert_array_equal(emulate(old, spikes).output_spikes, emulate(rewritten, spikes).output_spikes)
 
 
 # --------------------------------------------------------------------------- declared sizes
@@ -197,17 +214,17 @@ def test_the_reported_int32_case_is_refused_naming_the_population():
 
 
 def test_lava_and_the_emulator_agree_at_the_input_bound_and_part_past_it(monkeypatch):
-    """At the bound (one step's input << 6 = 2^24 - 1024, u not decaying, every input spiking
+    """At the bound (one step's input << 6 = 2^24, u not decaying, every input spiking
     every step) Lava fixed_pt and the emulator agree spike for spike; at twice the bound the
     current leaves its 24 bits and Lava's int32 arithmetic overflows: they part, which is why
     validation refuses it."""
     steps = 140
-    at_bound = _loud_chain(1032, 254, 0, steps, du=0)  # 1032 * 254 << 6 = 16,776,192
+    at_bound = _loud_chain(2048, 128, 0, steps, du=0)  # 2048 * 128 << 6 = 2^24 exactly
     validate_network(at_bound)
-    spikes = np.ones((1, steps, 1032), np.uint8)
+    spikes = np.ones((1, steps, 2048), np.uint8)
     lava = run_network(at_bound, spikes, record="all", progress=False)
     np.testing.assert_array_equal(lava.output_spikes, emulate(at_bound, spikes).output_spikes)
-    past = _loud_chain(1032, 254, 1, steps, du=0)
+    past = _loud_chain(2048, 128, 1, steps, du=0)
     with pytest.raises(ExportRangeError):
         validate_network(past)
     monkeypatch.setattr(runner, "validate_network", lambda network: None)
@@ -220,17 +237,19 @@ def test_lava_and_the_emulator_agree_at_the_input_bound_and_part_past_it(monkeyp
 
 
 def test_atomic_writes_clean_stale_temporaries_and_honour_the_umask(tmp_path):
-    stale = tmp_path / ".net.onnx.999999999.abc.tmp"  # left by a process that no longer runs
-    live = tmp_path / f".net.onnx.{os.getpid()}.abc.tmp"  # a write in progress in this process
-    stale.write_bytes(b"x")
-    live.write_bytes(b"x")
+    stale = tmp_path / ".net.onnx.999999999.abcd_123.tmp"  # left by a process that no longer runs
+    stale_backup = tmp_path / ".net.onnx.999999999.abcd_123.bak"
+    live = tmp_path / f".net.onnx.{os.getpid()}.abcd_123.tmp"  # a write in progress in this process
+    sibling = tmp_path / ".net.onnx.999999999.999999999.abcd_123.tmp"  # of a file named net.onnx.999999999
+    for leftover in (stale, stale_backup, live, sibling):
+        leftover.write_bytes(b"x")
     previous = os.umask(0o027)
     try:
         with atomic_write(tmp_path / "net.onnx") as handle:
             handle.write(b"data")
     finally:
         os.umask(previous)
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and not stale_backup.exists() and live.exists() and sibling.exists()
     assert stat.S_IMODE(os.stat(tmp_path / "net.onnx").st_mode) == 0o640
 
 
@@ -255,6 +274,32 @@ class _FullDisk:
 
     def __getattr__(self, name):
         return getattr(self.handle, name)
+
+
+def test_a_failed_rename_puts_the_files_already_replaced_back(tmp_path, monkeypatch):
+    (tmp_path / "a").write_bytes(b"old a")
+    (tmp_path / "b").write_bytes(b"old b")
+    real_replace = os.replace
+
+    def second_fails(source, target):
+        if str(target).endswith("/b"):
+            raise PermissionError(13, "Permission denied")
+        real_replace(source, target)
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(PermissionError) as info:
+        with atomic_files([tmp_path / "a", tmp_path / "b", tmp_path / "c"]) as handles:
+            for handle in handles:
+                handle.write(b"new")
+    assert info.value.filename == str(tmp_path / "b")  # the target, not the temporary
+    monkeypatch.undo()
+    assert (tmp_path / "a").read_bytes() == b"old a" and (tmp_path / "b").read_bytes() == b"old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        with atomic_files([tmp_path / "a", tmp_path / "d"]) as handles:
+            for handle in handles:
+                handle.write(b"new")
+    assert (tmp_path / "a").read_bytes() == b"old a"
 
 
 def test_export_into_a_full_disk_leaves_neither_artifact_nor_report(trained_digits, tmp_path, monkeypatch, capsys):
@@ -291,3 +336,55 @@ def test_cli_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys,
     monkeypatch.setattr("stbp_cli.main.load_artifact", lambda p: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
         main(["run", str(path), "--data", "digits"])
+
+
+# --------------------------------------------------------------------------- other readers
+
+
+@pytest.mark.parametrize("recorded, message", [("[not json", "recurrent_synapses is not JSON"),
+                                               ('{"rec": 1}', "must be a JSON list of node names")])
+def test_a_nir_file_with_bad_recurrent_metadata_is_one_line(tmp_path, capsys, recorded, message):
+    import nir
+
+    n = 3
+    graph = nir.NIRGraph(nodes={"in": nir.Input(input_type=np.array([2])),
+                                "fc": nir.Affine(weight=np.ones((n, 2)), bias=np.zeros(n)),
+                                "lif": nir.LIF(tau=np.full(n, 1e-3), r=np.ones(n), v_leak=np.zeros(n),
+                                               v_threshold=np.ones(n)),
+                                "out": nir.Output(output_type=np.array([n]))},
+                         edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")], type_check=False,
+                         metadata={"recurrent_synapses": recorded})
+    path = tmp_path / "net.nir"
+    nir.write(str(path), graph)
+    code = main(["import", str(path), "-o", str(tmp_path / "out"), "--data", "digits", "--time-steps", "4",
+                 "--dt", "1e-4"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_corrupt_nmnist_recording_is_one_line_naming_the_file(tmp_path):
+    from spikedata import DataError, load_dataset, write_nmnist_file
+
+    for digit in range(2):
+        folder = tmp_path / "Train" / str(digit)
+        folder.mkdir(parents=True)
+        for k in range(3):
+            write_nmnist_file(folder / f"{k:05d}.bin", [1, 2], [3, 4], [0, 1], [10, 20 + k])
+    bad = tmp_path / "Train" / "1" / "00002.bin"
+    write_nmnist_file(bad, [200], [3], [0], [10])  # x = 200 on a 34-pixel-wide sensor
+    with pytest.raises(DataError, match=f"{bad}: events outside the 34x34 sensor"):
+        load_dataset("nmnist", str(tmp_path), 4)
+
+
+def test_the_exporter_lowers_the_scale_of_a_very_wide_fan_in_to_the_input_bound():
+    from export.quantize import quantize_graph
+    from helpers import HW, float_chain
+
+    rng = np.random.default_rng(0)
+    graph = float_chain([(np.abs(rng.normal(0, 0.1, (4, 16000))), np.zeros(4)),
+                         (rng.normal(0, 0.3, (3, 4)), np.zeros(3))], (16000,))
+    network, report = quantize_graph(graph, "bernoulli", 8, 0, HW)
+    validate_network(network)  # one step's input within 2^24 >> 6: no refusal
+    synapse = network.graph.node("layer0_from_input").quantized
+    assert int(np.abs(synapse.weight).sum(axis=1).max()) <= (1 << 18)
+    assert "weight scale lowered" in report.format_table()

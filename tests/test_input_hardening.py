@@ -264,3 +264,31 @@ def test_an_intact_checkpoint_still_resumes(tmp_path, capsys, checkpoint_and_con
                  str(checkpoint), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert load_checkpoint(tmp_path / "out" / "checkpoint.safetensors").epochs_completed == 2
+
+
+def _drop_group_key(key):
+    def edit(groups):
+        for group in groups:
+            group.pop(key)
+        return groups
+    return _json_edit("optimizer_param_groups", edit)
+
+
+def test_optimizer_state_of_another_torch_version_resumes_and_only_resuming_checks_it(tmp_path, capsys,
+                                                                                    checkpoint_and_config):
+    checkpoint, config = checkpoint_and_config
+    # A torch that predates 'decoupled_weight_decay' saved no such key; torch fills in its default.
+    older = corrupted(checkpoint, tmp_path / "older.safetensors", metadata=_drop_group_key("decoupled_weight_decay"))
+    assert main(["train", "--config", str(config), "--output-dir", str(tmp_path / "out"), "--resume", str(older),
+                 "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    # A malformed optimizer state does not keep export (which never steps the optimizer) from reading the weights.
+    broken = corrupted(checkpoint, tmp_path / "broken.safetensors", metadata=_drop_group_key("params"))
+    assert load_checkpoint(broken).model_state
+    assert main(["export", str(broken), "-o", str(tmp_path / "net.onnx"), "--measure", "0"]) == 0
+
+
+def test_a_number_too_large_for_a_float_is_one_line(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {layers: [{type: dense, units: 10, tau: " + "9" * 400 + "}]}\n")
+    one_error_line(capsys, ["train", "--config", str(config)], str(config), "tau: 999999", "too large for a float")

@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from netgraph import LIF, Conv2d, Graph, Synapse
-from netgraph.errors import CheckpointError
+from netgraph.errors import CheckpointError, one_line, shown
 from netgraph.limits import check_memory, check_shape
 from netgraph.provenance import atomic_write, package_versions, read_json
 from trainer import lee2019, mpbp
@@ -184,10 +184,7 @@ def load_checkpoint(path: str | Path, allow_nonfinite: bool = False) -> Checkpoi
         raise CheckpointError(f"{path}: num_classes is {checkpoint.num_classes}, but the network its config describes "
                               f"has {model.num_outputs} output neurons")
     _check_history(checkpoint.history, checkpoint.epochs_completed, len(model.graph.populations), path)
-    if checkpoint.optimizer_state is not None:
-        optimizer = build_optimizer(trained_parameters(model), checkpoint.config.training)
-        check_optimizer_state(checkpoint.optimizer_state, optimizer, str(path), allow_nonfinite)
-    return checkpoint
+    return checkpoint  # the optimizer state is checked where it is used: resuming (trainer.train)
 
 
 def _read_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -197,12 +194,12 @@ def _read_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({_one_line(exc)})") from exc
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({one_line(exc)})") from exc
     if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an {CHECKPOINT_FORMAT} file (format={_shown(metadata.get('format'))})")
+        raise CheckpointError(f"{path}: not an {CHECKPOINT_FORMAT} file (format={shown(metadata.get('format'))})")
     if metadata.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path}: checkpoint format version {_shown(metadata.get('format_version'))} is not "
+            f"{path}: checkpoint format version {shown(metadata.get('format_version'))} is not "
             f"supported (this program reads versions {', '.join(READABLE_VERSIONS)})"
         )
     return metadata, tensors
@@ -235,23 +232,13 @@ def _checkpoint_from_file(metadata: dict[str, str], tensors: dict[str, torch.Ten
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def _shown(value: Any) -> str:
-    """A value for a one-line message, cut short (a corrupted file may hold a huge one)."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
-
-
 def _json_field(metadata: dict[str, str], key: str, path: Path) -> Any:
     if key not in metadata:
         raise CheckpointError(f"{path}: metadata '{key}' is missing")
     try:
         return read_json(metadata[key])
     except ValueError as exc:  # not JSON, repeated keys, or nested too deeply
-        raise CheckpointError(f"{path}: metadata '{key}' is not valid JSON ({_one_line(exc)[:200]})") from None
+        raise CheckpointError(f"{path}: metadata '{key}' is not valid JSON ({one_line(exc)[:200]})") from None
 
 
 def _integer_field(metadata: dict[str, str], key: str, path: Path) -> int:
@@ -259,7 +246,7 @@ def _integer_field(metadata: dict[str, str], key: str, path: Path) -> int:
     if text is None:
         raise CheckpointError(f"{path}: metadata '{key}' is missing")
     if not INTEGER_TEXT.fullmatch(text):
-        raise CheckpointError(f"{path}: metadata '{key}' must be an integer, got {_shown(text)}")
+        raise CheckpointError(f"{path}: metadata '{key}' must be an integer, got {shown(text)}")
     return int(text)
 
 
@@ -276,7 +263,7 @@ def _input_shape(metadata: dict[str, str], path: Path) -> tuple[int, ...]:
     shape = _json_field(metadata, "input_shape", path)
     if (not isinstance(shape, list) or not 1 <= len(shape) <= 3
             or not all(isinstance(size, int) and not isinstance(size, bool) for size in shape)):
-        raise CheckpointError(f"{path}: metadata 'input_shape' must be a list of 1 to 3 integers, got {_shown(shape)}")
+        raise CheckpointError(f"{path}: metadata 'input_shape' must be a list of 1 to 3 integers, got {shown(shape)}")
     check_shape(shape, f"{path}: input_shape")
     return tuple(shape)
 
@@ -394,15 +381,15 @@ def _check_history_record(record: Any, index: int, populations: int, where: str)
                                               f"unexpected key {extra[0]!r}")
                               + f" (a record holds {', '.join(sorted(HISTORY_KEYS))})")
     if record["epoch"] != index + 1 or not isinstance(record["epoch"], int) or isinstance(record["epoch"], bool):
-        raise CheckpointError(f"{where}.epoch: expected {index + 1}, got {_shown(record['epoch'])}")
+        raise CheckpointError(f"{where}.epoch: expected {index + 1}, got {shown(record['epoch'])}")
     for key, (wanted, holds) in HISTORY_NUMBERS.items():
         if not (_is_number(record[key]) and holds(record[key])):
-            raise CheckpointError(f"{where}.{key}: expected {wanted}, got {_shown(record[key])}")
+            raise CheckpointError(f"{where}.{key}: expected {wanted}, got {shown(record[key])}")
     for key in HISTORY_RATES:
         rates = record[key]
         if not isinstance(rates, list) or len(rates) != populations or not all(map(_is_number, rates)):
             raise CheckpointError(f"{where}.{key}: expected a list of {populations} finite numbers (one per "
-                                  f"population), got {_shown(rates)}")
+                                  f"population), got {shown(rates)}")
 
 
 def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, where: str,
@@ -423,23 +410,25 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, where: s
 
 
 def _check_param_groups(groups: Any, fresh: list[dict[str, Any]], where: str) -> None:
-    """The saved param_groups (JSON) equal those of a fresh optimizer, learning rate aside."""
+    """The saved param_groups (JSON) agree with those of a fresh optimizer on every key both
+    hold, the learning rate aside. A key only the fresh one has was added by a later torch
+    (its __setstate__ fills torch's default in when the state is loaded); a key only the saved
+    one has, by an earlier or later torch: neither makes the file unreadable."""
     if not isinstance(groups, list) or len(groups) != len(fresh) or not all(isinstance(g, dict) for g in groups):
         raise CheckpointError(f"{where}: metadata 'optimizer_param_groups' must be a list of {len(fresh)} group(s) "
-                              f"(JSON objects), got {_shown(groups)}")
+                              f"(JSON objects), got {shown(groups)}")
     for i, (group, wanted) in enumerate(zip(groups, json.loads(json.dumps(fresh)))):  # tuples as JSON lists
         name = f"{where}: optimizer_param_groups[{i}]"
-        missing, extra = sorted(wanted.keys() - group.keys()), sorted(str(k) for k in group.keys() - wanted.keys())
-        if missing or extra:
-            raise CheckpointError(f"{name}: " + (f"key '{missing[0]}' is missing" if missing else
-                                                 f"unexpected key {extra[0]!r}"))
+        for key in ("params", "lr"):  # what loading the state and stepping need whatever the version
+            if key not in group:
+                raise CheckpointError(f"{name}: key '{key}' is missing")
         lr = group["lr"]
         if not (_is_number(lr) and lr > 0):
-            raise CheckpointError(f"{name}.lr: expected a positive number, got {_shown(lr)}")
+            raise CheckpointError(f"{name}.lr: expected a positive number, got {shown(lr)}")
         for key, value in wanted.items():
-            if key != "lr" and group[key] != value:
-                raise CheckpointError(f"{name}.{key}: expected {_shown(value)} (as its config builds the optimizer), "
-                                      f"got {_shown(group[key])}")
+            if key != "lr" and key in group and group[key] != value:
+                raise CheckpointError(f"{name}.{key}: expected {shown(value)} (as its config builds the optimizer), "
+                                      f"got {shown(group[key])}")
 
 
 def _check_optimizer_entry(entry: dict[str, torch.Tensor], index: int, parameter: torch.Tensor, kind: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from netgraph import READOUTS
-from netgraph.errors import ConfigError, ResourceLimitError
+from netgraph.errors import ConfigError, ResourceLimitError, shown
 from netgraph.limits import MAX_DIMENSION, MAX_ELEMENTS, MAX_TIME_STEPS, check_memory, check_time_steps
 from netgraph.yaml_input import read_yaml
 from spikedata import DATASETS
@@ -34,13 +34,11 @@ MPBP_NEURONS = ("loihi", "paper")
 MAX_LATERAL_INHIBITION = 10.0
 LR_SCHEDULES = ("constant", "inverse_sqrt")
 INITS = ("pytorch", "paper")
-# Seeds go to torch.manual_seed and into artifacts, which hold 63-bit seeds (as derive_seed gives).
-MAX_SEED = (1 << 63) - 1
+# Seeds go to torch.manual_seed, which takes [-2^63, 2^64 - 1] (and into artifacts, which hold the same range).
+MIN_SEED, MAX_SEED = -(1 << 63), (1 << 64) - 1
 # Fixed weights (a lateral inhibition, a spiking pool's kernel) are built in float64 with the
 # network graph, then held again in float32 by the trained network.
 FIXED_WEIGHT_BYTES = 8 + 4
-
-
 
 
 @dataclass(frozen=True)
@@ -267,13 +265,14 @@ def _get(raw: dict, key: str, where: str, kind: type | tuple, default: Any, *, r
     value = raw[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}.{key}: {shown(value)} is too large for a float") from None
     if isinstance(value, bool) and bool not in kinds:
         raise ConfigError(f"{where}.{key}: expected {kinds[0].__name__}, got boolean {value}")
     if not isinstance(value, kinds):
-        text = repr(value)  # cut short: a corrupted file may hold a huge value
-        raise ConfigError(f"{where}.{key}: expected {kinds[0].__name__}, got {type(value).__name__} "
-                          f"{text if len(text) <= 60 else text[:40] + '...'}")
+        raise ConfigError(f"{where}.{key}: expected {kinds[0].__name__}, got {type(value).__name__} {shown(value)}")
     return value
 
 
@@ -283,17 +282,11 @@ def _positive_int(value, where: str):
     return value
 
 
-def _shown(value: int) -> str:
-    """An integer as text, shortened when a corrupted file gives thousands of digits."""
-    text = str(value)
-    return text if len(text) <= 24 else f"{text[:8]}... ({len(text)} digits)"
-
-
 def _at_most(value, limit: int, where: str):
     """Refuses a declared size above its documented limit (netgraph.limits), so that no file
     can make training or export allocate without bound; None passes."""
     if value is not None and value > limit:
-        raise ResourceLimitError(f"{where}: {_shown(value)} is more than the limit of {limit:,}")
+        raise ResourceLimitError(f"{where}: {shown(value)} is more than the limit of {limit:,}")
     return value
 
 
@@ -305,8 +298,8 @@ def _size(value, limit: int, where: str):
 
 
 def _seed(value: int, where: str) -> int:
-    if not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"{where}: a seed must lie in [0, 2^63 - 1], got {_shown(value)}")
+    if not MIN_SEED <= value <= MAX_SEED:
+        raise ConfigError(f"{where}: a seed must lie in [-2^63, 2^64 - 1] (torch's range), got {shown(value)}")
     return value
 
 

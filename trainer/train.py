@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from netgraph import Graph, final_potential
 from netgraph.errors import ConfigError, TrainingError
-from netgraph.limits import check_memory
+from netgraph.limits import check_memory, memory_limit
 from netgraph.provenance import derive_seed, package_versions
 from spikedata import Dataset, Split, load_dataset
 from trainer.checkpoint import (Checkpoint, CheckpointError, build_optimizer, check_optimizer_state, load_checkpoint,
@@ -107,16 +107,20 @@ def _optimizer(model: SpikingNetwork, config: RunConfig) -> torch.optim.Optimize
     return build_optimizer(trained_parameters(model), config.training)
 
 
-def _check_batch_memory(config: RunConfig, model: SpikingNetwork) -> None:
-    """Refuses before the first epoch a run whose batches could not fit in memory_limit():
-    a lower bound, one float32 per input value and per neuron per step per sample, which the
-    forward pass of every method holds (training: batch_size samples; evaluation: 256 samples
-    through the network, test inputs encoded 1,024 at a time, trainer.encoding.EVAL_CHUNK)."""
-    per_step = math.prod(model.input_shape) + sum(p.neurons for p in model.graph.populations)
-    samples = max(config.training.batch_size, EVAL_BATCH)
-    estimate = 4 * config.encoding.time_steps * max(samples * per_step, EVAL_CHUNK * math.prod(model.input_shape))
-    check_memory(estimate, f"{config.source}: one batch of {samples} samples x {config.encoding.time_steps} steps "
-                           f"(training.batch_size, encoding.time_steps)")
+def _evaluation_batch(config: RunConfig, model: SpikingNetwork) -> int:
+    """Refuses before the first epoch a run whose training batch could not fit in
+    memory_limit(), and returns how many test samples evaluate() may run at once (at most
+    EVAL_BATCH). The estimate is a lower bound every method's forward pass holds: one float32
+    per input value and per neuron, per step and sample (and the test inputs encoded
+    trainer.encoding.EVAL_CHUNK at a time)."""
+    steps, inputs = config.encoding.time_steps, math.prod(model.input_shape)
+    per_sample = 4 * steps * (inputs + sum(p.neurons for p in model.graph.populations))
+    check_memory(per_sample * config.training.batch_size,
+                 f"{config.source}: one training batch of {config.training.batch_size} samples x {steps} steps "
+                 "(training.batch_size, encoding.time_steps)")
+    check_memory(4 * steps * EVAL_CHUNK * inputs, f"{config.source}: encoding {EVAL_CHUNK} test samples x {steps} "
+                                                  "steps at a time (encoding.time_steps)")
+    return max(1, min(EVAL_BATCH, memory_limit() // per_sample))
 
 
 @torch.no_grad()
@@ -259,7 +263,7 @@ def train(
     if model.num_outputs != dataset.num_classes:
         raise ConfigError(f"the network has {model.num_outputs} output neurons but dataset {dataset.name!r} "
                          f"has {dataset.num_classes} classes")
-    _check_batch_memory(config, model)
+    eval_batch = _evaluation_batch(config, model)
     optimizer = _optimizer(model, config)
     start_epoch, history = 0, []
     if resume is not None:
@@ -276,7 +280,7 @@ def train(
             group["lr"] = epoch_learning_rate(config, epoch)
         record = _train_epoch(model, optimizer, config, train_inputs, train_labels, dataset.num_classes, epoch,
                               progress)
-        test = evaluate(model, config, dataset.test, device)
+        test = evaluate(model, config, dataset.test, device, eval_batch)
         record = {"epoch": record["epoch"], "loss": record["loss"], "train_accuracy": record["train_accuracy"],
                   "test_accuracy": test["accuracy"], "train_firing_rates": record["train_firing_rates"],
                   "test_firing_rates": test["firing_rates"], "train_samples_per_s": record["train_samples_per_s"]}
