@@ -160,6 +160,14 @@ def test_an_artifact_written_before_this_schema_revision_loads_and_runs_unchange
     np.testing.assert_array_equal(emulate(old, spikes).output_spikes, emulate(rewritten, spikes).output_spikes)
 
 
+def test_uint64_weights_near_2_to_the_64_are_refused_not_wrapped(tmp_path):
+    def unsigned(model):
+        tensor = next(t for t in model.graph.initializer if t.name == "d0.weight")
+        values = onnx.numpy_helper.to_array(tensor).astype(np.uint64) + np.uint64((1 << 64) - 256)
+        tensor.CopyFrom(onnx.numpy_helper.from_array(values, "d0.weight"))
+    _one_line_error(_rewrite(_saved(tmp_path, _chain()), unsigned), "node d0 .*tensor 'd0.weight' has dtype uint64, expected int64")
+
+
 # --------------------------------------------------------------------------- declared sizes
 
 
@@ -330,6 +338,10 @@ def test_cli_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys,
         PermissionError(13, "Permission denied", str(unreadable))))
     assert main(["run", str(unreadable), "--data", "digits"]) == 2
     assert capsys.readouterr().err.strip() == f"stbp run: error: {unreadable}: Permission denied"
+    monkeypatch.setattr("stbp_cli.main.load_artifact", lambda p: (_ for _ in ()).throw(MemoryError()))
+    assert main(["run", str(path), "--data", "digits"]) == 2
+    assert capsys.readouterr().err.strip() == ("stbp run: error: out of memory (try --limit, fewer --shards, or a "
+                                               "smaller batch)")
     monkeypatch.setattr("stbp_cli.main.load_artifact", lambda p: {}["a bug"])
     with pytest.raises(KeyError):
         main(["run", str(path), "--data", "digits"])
