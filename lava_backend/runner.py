@@ -57,15 +57,25 @@ fixed-point run hang. `floating_pt` hands it the trained float parameters: du = 
 tau_current (1: u takes each step's input), dv = 1 - tau, bias_mant = b, and vth = the
 largest float64 below Vth, because Lava fires on v > vth and the trained neuron on v >= Vth.
 
-The runtime is always stopped, on success, on exceptions and on Ctrl-C, and any worker
-process that survives the stop is terminated.
+Stopping. The runtime is always stopped, on success, on exceptions, on Ctrl-C (SIGINT) and
+on SIGTERM or SIGHUP (which the CLI turns into `Terminated`), sent to this process or to
+its whole process group. Lava's processes are forked inside `lifecycle.starting_runtime()`:
+each in its own process group (a signal to the user's group reaches only this process),
+with the default action of SIGTERM and SIGHUP and SIGINT ignored, and killed by the kernel
+if this process dies first (PR_SET_PDEATHSIG); those signals arriving while Lava forks are
+held and raised once it is done (a signal handled inside an at-fork callback was dropped). A run is waited for in
+this thread (`_wait_for`), so no thread of ours is left inside Lava's channels. An
+interrupted run's workers are terminated (killed after 5 s), its runtime is marked stopped
+(a later `stop()` from Lava's `__del__` wrote into unmapped shared memory: a segmentation
+fault at exit) and its shared-memory manager shut down, which unlinks its /dev/shm segments;
+signals are held while stopping, and raised after. Any worker that survives is terminated.
+Shards are capped at the available cores and at the samples (`LavaRunResult.notes` says so).
 """
 from __future__ import annotations
 
 import math
 import multiprocessing
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -81,8 +91,10 @@ from export.conv import conv_matrix
 from export.network import ExportedNetwork
 from export.timing import DeploymentTiming, deployment_timing
 from export.validate import validate_network
+from lava_backend import lifecycle
 from netgraph import LIF, Conv2d, Graph, Node, Synapse, predict
 from netgraph.errors import DataError, HardwareConfigError, LavaRunError, UsageError
+from netgraph.limits import check_memory
 
 MODES = ("fixed_pt", "floating_pt")
 CONV_MAPPINGS = ("conv", "dense")
@@ -202,7 +214,7 @@ def _synapse_matrix(graph: Graph, node: Node, float_weights: bool) -> np.ndarray
     """The synapse as the (out, in) matrix a Lava Dense holds (a conv unrolled)."""
     weights = node.weight if float_weights else node.quantized.weight
     if isinstance(node, Conv2d):
-        return conv_matrix(np.asarray(weights), node.geometry(graph.read_shape(node.name)))
+        return conv_matrix(np.asarray(weights), node.geometry(graph.read_shape(node.name)), f"node {node.name}")
     return np.asarray(weights)
 
 
@@ -330,7 +342,8 @@ class _ShardGraph:
     clears: dict[int, list] = field(default_factory=dict)  # step -> recurrent Lava synapses to clear
     steps_done: int = 0
     started: bool = False
-    workers: list = field(default_factory=list)  # this runtime's worker processes
+    workers: list = field(default_factory=list)  # this runtime's worker processes (Lava's SystemProcess)
+    helpers: list = field(default_factory=list)  # the other children it forked: its shared-memory manager
     in_flight: bool = False  # a non-blocking run was started and not yet waited for
     broken: bool = False  # a worker died: the runtime can no longer be stopped politely
     potential_path: Path | None = None  # where the output population's potentials land (potential readout)
@@ -414,74 +427,125 @@ def _lava_workers() -> list:
     return [p for p in multiprocessing.active_children() if type(p).__name__ == "SystemProcess"]
 
 
-def _wait_for(graphs: list[_ShardGraph], poll_s: float = 0.05) -> None:
-    """Waits for the in-flight runs of `graphs`, watching their workers.
+def _check_workers(graph: _ShardGraph) -> None:
+    """Raises LavaRunError when a worker of `graph` has ended: Lava 0.10.0 does not notice
+    one that dies mid-run (an exception in a process model, an out-of-memory kill), and the
+    others would block on its spikes forever."""
+    dead = [p for p in graph.workers if p.exitcode is not None]
+    if dead:
+        graph.broken = True
+        reported = dead[0].exception  # (exception, traceback) that Lava's SystemProcess sends back
+        cause = f": {reported[0]!r}\n{reported[1]}" if reported else ""
+        raise LavaRunError(f"a Lava worker process of {graph.io.name} ended during the run "
+                           f"(pid {dead[0].pid}, exit code {dead[0].exitcode}){cause}")
 
-    Lava 0.10.0 does not notice a worker that dies mid-run (an exception in a process model,
-    an out-of-memory kill): the others block on its spikes and `wait()` never returns. The
-    waits run in threads while this loop checks every worker; a dead one ends the run with
-    LavaRunError instead of a hang.
+
+def _answered(graph: _ShardGraph) -> bool | None:
+    """True when every runtime service of `graph` has answered DONE (so `wait()` returns at
+    once), False while one is still running, None when one answered anything else (ERROR:
+    a process model failed, and Lava's `wait()` would then join workers that never end)."""
+    from lava.magma.runtime.mgmt_token_enums import MGMT_RESPONSE, enum_equal  # lava: loaded only for a Lava run
+
+    ports = graph.io.runtime.service_to_runtime
+    for port in ports:
+        if port.probe() and not enum_equal(port.peek(), MGMT_RESPONSE.DONE):
+            return None
+    return all(port.probe() for port in ports)
+
+
+def _wait_for(graphs: list[_ShardGraph], poll_s: float = 0.05, grace_s: float = 5.0) -> None:
+    """Waits for the in-flight runs of `graphs`, in this thread, watching their workers.
+
+    Lava's `wait()` is called only once every answer is in, so it never blocks: no thread
+    is left blocked in Lava's channels (reading shared memory that a stop unmaps) when a
+    run is interrupted, and a dead worker or an ERROR answer ends the run with LavaRunError
+    instead of a hang. Lava's ports call `observer` when an answer arrives, which wakes
+    this loop at once; `poll_s` bounds the time to notice a dead worker.
     """
-    errors: list[BaseException] = []
-
-    def wait(graph: _ShardGraph) -> None:
-        try:
-            graph.io.wait()
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wait, args=(g,), daemon=True, name=f"wait-{g.io.name}") for g in graphs]
-    for thread in threads:
-        thread.start()
-    while True:
-        alive = [thread for thread in threads if thread.is_alive()]
-        if not alive:
-            break
-        for graph in graphs:
-            dead = [p for p in graph.workers if p.exitcode is not None]
-            if dead:
-                graph.broken = True
-                reported = dead[0].exception  # (exception, traceback) that Lava's SystemProcess sends back
-                cause = f": {reported[0]!r}\n{reported[1]}" if reported else ""
-                raise LavaRunError(f"a Lava worker process of {graph.io.name} ended during the run "
-                                   f"(pid {dead[0].pid}, exit code {dead[0].exitcode}){cause}")
-        alive[0].join(poll_s)  # returns at once if it has just finished
-    if errors:
-        raise errors[0]
-    for graph in graphs:
-        graph.in_flight = False
+    answered = threading.Event()
+    ports = [port for graph in graphs for port in graph.io.runtime.service_to_runtime]
+    for port in ports:
+        port.observer = answered.set
+    pending, failed_at = list(graphs), None
+    try:
+        while pending:
+            answered.clear()
+            for graph in list(pending):
+                _check_workers(graph)
+                state = _answered(graph)
+                if state is None:
+                    failed_at = failed_at or time.monotonic()
+                    if time.monotonic() - failed_at > grace_s:
+                        graph.broken = True
+                        raise LavaRunError(f"Lava's runtime of {graph.io.name} reported an error during the run")
+                elif state:
+                    graph.io.wait()
+                    graph.in_flight = False
+                    pending.remove(graph)
+            if pending:
+                answered.wait(poll_s)
+    finally:
+        for port in ports:
+            port.observer = None
 
 
 def _stop(graphs: list[_ShardGraph], notes: list[str]) -> None:
-    """Stops every runtime: politely when it is idle, by terminating its workers when a run
-    is still in flight (Ctrl-C, an error elsewhere) or a worker died (stop() would wait forever)."""
-    for graph in graphs:
-        runtime = getattr(graph.io, "runtime", None)
-        if runtime is None:
-            continue
-        if graph.broken or graph.in_flight:
-            for worker in graph.workers:
-                if worker.exitcode is None:
-                    worker.terminate()
-                multiprocessing.Process.join(worker, 5)  # SystemProcess.join() takes no timeout
+    """Stops every runtime, with SIGINT/SIGTERM held until all are stopped (a second Ctrl-C
+    must not leave workers behind): politely when it is idle, else (a run still in flight
+    after Ctrl-C, SIGTERM or an error elsewhere; a dead worker, where stop() would wait
+    forever) by `_force_stop`."""
+    with lifecycle.held_signals():
+        started = [g for g in graphs if getattr(g.io, "runtime", None) is not None]
+        forced = [g for g in started if g.broken or g.in_flight]
+        if forced:
+            _force_stop(forced, notes)
+        for graph in started:
+            if graph.broken or graph.in_flight:
+                continue
             try:
-                runtime._messaging_infrastructure.stop()  # Lava's shared-memory manager (private API)
-            except Exception as exc:
-                notes.append(f"releasing the shared memory of {graph.io.name} raised {exc!r}")
-            notes.append(f"{graph.io.name}: runtime terminated ({'a worker died' if graph.broken else 'run interrupted'})")
-            continue
+                graph.io.stop()
+            except Exception as exc:  # keep stopping the others; report, do not mask the first error
+                notes.append(f"stopping {graph.io.name} raised {exc!r}")
+        _terminate_leftover_workers(notes)
+
+
+def _end_processes(processes: list, timeout_s: float = 5.0) -> None:
+    """SIGTERM (the workers' default action: they end at once, see lifecycle), then SIGKILL
+    for any still alive after `timeout_s`; every one is reaped."""
+    alive = [p for p in processes if p.exitcode is None]
+    for process in alive:
+        process.terminate()
+    deadline = time.monotonic() + timeout_s
+    for process in alive:  # SystemProcess.join() takes no timeout: Process.join does
+        multiprocessing.Process.join(process, max(0.0, deadline - time.monotonic()))
+        if process.exitcode is None:
+            process.kill()
+            multiprocessing.Process.join(process, timeout_s)
+
+
+def _force_stop(graphs: list[_ShardGraph], notes: list[str]) -> None:
+    """Ends the runtimes of `graphs` without their cooperation: their workers first, then
+    Lava's side in this process (the channels' threads joined, the runtime marked stopped,
+    so that no later `stop()`, e.g. from a Lava process's `__del__` at exit, writes into
+    shared memory that is no longer mapped: that was a segmentation fault), and last the
+    shared-memory manager, whose server unlinks every segment in /dev/shm."""
+    _end_processes([worker for graph in graphs for worker in graph.workers])
+    for graph in graphs:
+        runtime = graph.io.runtime
         try:
-            graph.io.stop()
-        except Exception as exc:  # keep stopping the others; report, do not mask the first error
-            notes.append(f"stopping {graph.io.name} raised {exc!r}")
-    _terminate_leftover_workers(notes)
+            runtime.join()  # sets every port done, which ends their threads
+            runtime._is_running = runtime._is_started = False  # private API: Lava's stop() now only releases
+            runtime._messaging_infrastructure.stop()  # joins the (ended) workers, shuts the manager down
+        except Exception as exc:
+            notes.append(f"releasing the shared memory of {graph.io.name} raised {exc!r}")
+        _end_processes(graph.helpers, timeout_s=1.0)
+        notes.append(f"{graph.io.name}: runtime terminated ({'a worker died' if graph.broken else 'run interrupted'})")
 
 
 def _terminate_leftover_workers(notes: list[str]) -> None:
     """Lava's workers are forked children of this process; none may outlive a run."""
     for child in _lava_workers():
-        child.terminate()
-        multiprocessing.Process.join(child, 5)
+        _end_processes([child])
         notes.append(f"terminated a Lava worker that survived stop(): pid {child.pid}")
 
 
@@ -512,24 +576,27 @@ def _check_inputs(network: ExportedNetwork, spikes: np.ndarray, mode: str) -> No
 
 
 def _start_or_continue(graph: _ShardGraph, steps: int, run_steps, pin_to: int | None, cpus: list[int]) -> float:
-    """Starts `steps` more steps of one runtime without blocking; returns the set-up time."""
+    """Starts `steps` more steps of one runtime without blocking; returns the set-up time.
+    The first call compiles the graph (a Ctrl-C interrupts that at once), then builds the
+    runtime, which forks its processes, inside `lifecycle.starting_runtime()` (their own
+    process groups; SIGINT/SIGTERM held until the fork is over: see the module docstring)."""
     first = not graph.started
     t0 = time.perf_counter()
     if first and pin_to is not None:
-        os.sched_setaffinity(0, {pin_to})
-    before = set(_lava_workers()) if first else set()
-    # Workers forked with SIGINT ignored: Ctrl-C reaches only this process, which then
-    # stops them, instead of every worker dying mid-message.
-    quiet = first and threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if quiet else None
+        os.sched_setaffinity(0, {pin_to})  # inherited by the workers forked below
+    before = set(multiprocessing.active_children()) if first else set()
     try:
         graph.in_flight = True
+        if first:
+            executable = graph.io.compile(graph.run_cfg)
+            with lifecycle.starting_runtime():
+                graph.io.create_runtime(executable=executable)
         graph.io.run(condition=run_steps(num_steps=steps, blocking=False), run_cfg=graph.run_cfg)
     finally:
-        if quiet:
-            signal.signal(signal.SIGINT, previous_handler)
         if first:
-            graph.workers = [p for p in _lava_workers() if p not in before]
+            forked = [p for p in multiprocessing.active_children() if p not in before]
+            graph.workers = [p for p in forked if type(p).__name__ == "SystemProcess"]
+            graph.helpers = [p for p in forked if type(p).__name__ != "SystemProcess"]
         if first and pin_to is not None:
             os.sched_setaffinity(0, cpus)
     graph.started = True
@@ -581,7 +648,9 @@ def _run_shards(graphs: list[_ShardGraph], cpus: list[int], updates: int, bar, o
         _wait_for(active)
         for graph in active:
             if graph.steps_done in graph.clears:
+                graph.in_flight = True  # interrupted mid-exchange, the runtime cannot be stopped politely
                 _clear_in_flight(graph)
+                graph.in_flight = False
                 pauses += 1
         bar.update(min(samples, round(samples * done / total)) - bar.n)
         if on_progress is not None:
@@ -589,20 +658,39 @@ def _run_shards(graphs: list[_ShardGraph], cpus: list[int], updates: int, bar, o
     return setup_s, pauses
 
 
+def _shard_count(requested: int | None, cpus: int, samples: int) -> tuple[int, str | None]:
+    """The number of runtimes to run, and a note when fewer than `requested` run. More
+    runtimes than cores only add processes (each runtime forks one per process model, plus
+    its shared-memory manager: --shards 25 started 177 processes on 2 cores) and a runtime
+    without samples has nothing to run."""
+    if requested is None:
+        return max(1, min(cpus, samples // 100)), None
+    if requested < 1:
+        raise UsageError(f"shards must be >= 1, got {requested}")
+    count = min(requested, cpus, samples)
+    if count == requested:
+        return count, None
+    return count, (f"{requested} shards requested, {count} run: at most one per available CPU core "
+                   f"({cpus}) and one per sample ({samples})")
+
+
 def _check_run_arguments(network: ExportedNetwork, spikes: np.ndarray, mode: str, shards: int | None, cpus: int,
-                         reset_offsets: dict[str, int] | None, conv_mapping: str) -> int:
-    """Refuses bad arguments before Lava is loaded; returns the number of shards to run."""
+                         reset_offsets: dict[str, int] | None, conv_mapping: str) -> tuple[int, str | None]:
+    """Refuses bad arguments before Lava is loaded; returns the number of shards to run and
+    the note that says why it is fewer than asked for (None when it is not)."""
     _check_inputs(network, spikes, mode)
-    if shards is None:
-        shards = max(1, min(cpus, len(spikes) // 100))
-    if shards < 1:
-        raise UsageError(f"shards must be >= 1, got {shards}")
+    shards, note = _shard_count(shards, cpus, len(spikes))
+    recorded_neurons = sum(p.neurons for p in network.populations)  # at most: record="all"
+    # Each recording is written packed (1 bit), read back and aligned as uint8: about 2 bytes
+    # per neuron per step per sample, for every population recorded.
+    check_memory(2 * len(spikes) * network.time_steps * recorded_neurons,
+                 f"recording {len(spikes)} samples x {network.time_steps} steps of {recorded_neurons} neurons on Lava")
     names = [p.name for p in network.populations]
     if reset_offsets is not None and set(reset_offsets) != set(names):
         raise UsageError(f"reset_offsets needs one entry per population ({', '.join(names)})")
     if conv_mapping not in CONV_MAPPINGS:
         raise UsageError(f"unknown conv_mapping {conv_mapping!r}; choose one of {', '.join(CONV_MAPPINGS)}")
-    return shards
+    return shards, note
 
 
 def run_network(
@@ -621,7 +709,8 @@ def run_network(
 
     record: 'all' populations, 'output', or a list of population names.
     shards: parallel Lava runtimes, each taking a contiguous slice of the samples; None picks
-        one per available CPU core, at most one per 100 samples. With several shards each
+        one per available CPU core, at most one per 100 samples. A number is capped at the
+        available cores and at the samples (with a note saying so). With several shards each
         runtime's workers are pinned to one core (set STBP_LAVA_PIN=0 to leave them free):
         on a 2-core machine that is what makes the second runtime pay off.
     reset_offsets: override the populations' LIFReset offsets (for tests of the alignment).
@@ -637,7 +726,7 @@ def run_network(
     """
     spikes = np.asarray(input_spikes)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    shards = _check_run_arguments(network, spikes, mode, shards, len(cpus), reset_offsets, conv_mapping)
+    shards, shard_note = _check_run_arguments(network, spikes, mode, shards, len(cpus), reset_offsets, conv_mapping)
     recorded = _records(network, record)
     timing = deployment_timing(network.graph, network.hardware.max_synaptic_delay)
 
@@ -646,9 +735,10 @@ def run_network(
 
     convs = conv_plan(network, mode, conv_mapping, timing)
 
-    slices = [s for s in np.array_split(np.arange(len(spikes)), min(shards, len(spikes))) if len(s)]
-    notes = [f"conv synapse {name}: unrolled Dense, because {why}"
-             for name, why in convs.items() if why is not None and conv_mapping == "conv"]
+    slices = np.array_split(np.arange(len(spikes)), shards)  # shards <= samples: none is empty
+    notes = [shard_note] if shard_note else []
+    notes += [f"conv synapse {name}: unrolled Dense, because {why}"
+              for name, why in convs.items() if why is not None and conv_mapping == "conv"]
     graphs: list[_ShardGraph] = []
     bar = None
     started = time.perf_counter()

@@ -7,8 +7,8 @@ that is not a `StbpError` is a bug and keeps its traceback. They stay `ValueErro
 code that catches bad values the Python way keeps working.
 
 Interruptions are not errors: `Terminated` is raised in the main thread when the process
-receives SIGTERM (see `raise_on_sigterm`), like `KeyboardInterrupt` for SIGINT, so that
-every `finally` (stopping Lava, removing a temporary file) runs before the process ends.
+receives SIGTERM or SIGHUP (see `raise_on_sigterm`), like `KeyboardInterrupt` for SIGINT, so
+that every `finally` (stopping Lava, removing a temporary file) runs before the process ends.
 """
 from __future__ import annotations
 
@@ -82,23 +82,32 @@ class ResourceLimitError(StbpError):
 
 
 class Terminated(BaseException):
-    """The process received SIGTERM: raised like KeyboardInterrupt so that cleanup runs."""
+    """The process received SIGTERM (or SIGHUP: its terminal closed): raised like
+    KeyboardInterrupt so that cleanup runs. `signum` is the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"received signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _raise_terminated(signum, frame) -> None:
-    raise Terminated(f"received signal {signal.Signals(signum).name}")
+    raise Terminated(signum)
 
 
 @contextlib.contextmanager
 def raise_on_sigterm() -> Iterator[None]:
-    """While inside, SIGTERM raises `Terminated` in the main thread (instead of ending the
-    process at once, which would leave Lava's worker processes and shared memory behind).
-    Does nothing outside the main thread, where Python cannot install signal handlers."""
+    """While inside, SIGTERM and SIGHUP raise `Terminated` in the main thread (instead of
+    ending the process at once, which would leave Lava's worker processes and shared memory
+    behind). Does nothing outside the main thread, where Python cannot install handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {signum: signal.signal(signum, _raise_terminated) for signum in TERMINATING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -33,7 +33,6 @@ from trainer.train import train
 EXIT_USAGE = 2
 EXIT_GATE = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _non_negative_int(text: str) -> int:
@@ -394,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand. Exit status: 0 done; 1 a fidelity gate failed; 2 bad input (a
     StbpError: config, data, checkpoint, artifact, hardware, Lava run, interchange), a file
     that cannot be read or written, or memory that ran out, each as one line; 130 Ctrl-C;
-    143 SIGTERM (after Lava's workers and temporary files are cleaned up). Any other exception
+    143 SIGTERM, 129 SIGHUP (after Lava's workers and temporary files are cleaned up). Any other exception
     is a bug and prints its traceback; STBP_DEBUG=1 prints the traceback of every error."""
     args = build_parser().parse_args(argv)
     debug = os.environ.get("STBP_DEBUG", "") not in ("", "0")
@@ -417,9 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stbp {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:
+    except Terminated as exc:
         print(f"stbp {args.command}: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+        return 128 + exc.signum  # 143 for SIGTERM, 129 for SIGHUP, as a shell reports them
     return EXIT_USAGE
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_shards_give_the_same_spikes_as_one_run():
     spikes = (rng.random((7, 4, 10)) < 0.5).astype(np.uint8)
     one = run_network(network, spikes, shards=1, progress=False)
     three = run_network(network, spikes, shards=3, progress=False)
-    assert three.shards == 3
+    assert three.shards == min(3, len(os.sched_getaffinity(0)))  # capped at the cores
     for name in one.population_spikes:
         np.testing.assert_array_equal(one.population_spikes[name], three.population_spikes[name])
 
