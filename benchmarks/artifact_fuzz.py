@@ -76,10 +76,7 @@ def _with_parameters(structure: Graph, rng: np.random.Generator, hw: HardwareCon
     nodes = []
     for node in structure.nodes:
         if isinstance(node, Synapse):
-            source = structure.read_shape(node.name)
-            shape = ((node.out_channels, source[0], *node.kernel_size) if isinstance(node, Conv2d)
-                     else (node.out_features, math.prod(source)))
-            weights = _grid_weights(rng, shape, hw)
+            weights = _grid_weights(rng, node.weight_shape(structure.read_shape(node.name)), hw)
             fields = {"out_channels": node.out_channels, "kernel_size": node.kernel_size, "stride": node.stride,
                       "padding": node.padding} if isinstance(node, Conv2d) else {"out_features": node.out_features}
             node = type(node)(node.name, **fields, weight=weights.astype(np.float32),

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,7 +53,7 @@ from netgraph.encodings import ENCODINGS
 from netgraph.errors import ArtifactError, HardwareConfigError, ResourceLimitError, one_line
 from netgraph.limits import MAX_DIMENSION, MAX_TIME_STEPS, check_shape
 from netgraph.nodes import NAME_PATTERN
-from netgraph.provenance import atomic_write, read_json
+from netgraph.provenance import atomic_write, read_integer, read_json
 
 SCHEMA_NAME = "stbp-loihi-network"
 SCHEMA_VERSION = 2
@@ -63,7 +62,6 @@ DOMAIN_VERSION = 2
 STATE_SUFFIX = ".previous"
 MAX_ARTIFACT_BYTES = (1 << 31) - 1  # protobuf refuses larger messages
 OPSETS = {"": 17, DOMAIN: DOMAIN_VERSION}  # ai.onnx for Identity, ours for the Loihi ops
-_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
 _META_KEYS = ("schema", "schema_version", "hw_config", "encoding", "time_steps", "eval_seed")
 # The Output's decision rule (netgraph.decision); optional, absent in artifacts written before it
 # existed, which all read spike counts. A metadata key, because ONNX's Identity takes no attributes.
@@ -492,10 +490,10 @@ def _metadata_dict(model, path: Path) -> dict[str, str]:
 
 def _integer_text(meta: dict[str, str], key: str, low: int, high: int, path: Path) -> int:
     """An integer metadata value, written as str(int) writes it, within [low, high]."""
-    text = meta[key]
-    if not _INTEGER_TEXT.fullmatch(text) or str(int(text)) != text:
-        raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be an integer, got {text[:40]!r}")
-    value = int(text)
+    try:
+        value = read_integer(meta[key])
+    except ValueError:
+        raise ArtifactError(f"{path}: metadata is invalid: '{key}' must be an integer, got {meta[key][:40]!r}") from None
     if not low <= value <= high:
         raise ArtifactError(f"{path}: metadata is invalid: '{key}' = {value} is outside [{low}, {high}]")
     return value

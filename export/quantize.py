@@ -89,7 +89,7 @@ def conv_connections(synapse: Conv2d, source_shape: tuple[int, ...]) -> int:
     """(input, neuron) pairs a conv links: each neuron's kernel taps that land on the map, not
     on its zero padding; what an unrolled conv stores per neuron."""
     ones = np.ones((1, math.prod(source_shape)))
-    taps = np.ones((synapse.out_channels, source_shape[0], *synapse.kernel_size))
+    taps = np.ones(synapse.weight_shape(source_shape))
     return int(np.rint(conv_accumulate(ones, taps, synapse.geometry(source_shape))).sum())
 
 
@@ -205,23 +205,23 @@ def _integrator_scale(graph: Graph, population: LIF, synapses: list[tuple[Node, 
 
 
 def _reach_scale(graph: Graph, population: LIF, synapses: list[tuple[Node, Edge]], weights: list[np.ndarray],
-                 scale: float, hw: HardwareConfig, netx: bool, notes: list[str]) -> float:
-    """The largest scale <= `scale` (within 1%) at which one step's integer input stays within
-    fixed_point.max_input_reach (validation refuses anything past it): only very wide fan-ins
-    of same-sign weights need a lower scale, and the report notes it."""
+                 scale: float, reach: int, hw: HardwareConfig, netx: bool, notes: list[str]) -> float:
+    """The largest scale < `scale` (within 1%) at which one step's integer input stays within
+    fixed_point.max_input_reach (validation refuses anything past it), for a population whose
+    input at `scale` reaches `reach`, past it (only very wide fan-ins of same-sign weights);
+    the report notes it."""
     limit, start = max_input_reach(hw), scale
     with warnings.catch_warnings():  # trial scales only: the chosen one is quantized (and reported) by the caller
         warnings.simplefilter("ignore", QuantizationWarning)
         for _ in range(400):
+            scale *= min(0.99, limit / reach)
             quantized = {synapse.name: _quantize_synapse(synapse, w, scale, hw, True, [], netx)[0]
                          for (synapse, _), w in zip(synapses, weights)}
             reach = input_reach(*population_activation_extremes(graph, population, hw, quantized))
             if reach <= limit:
-                if scale < start:
-                    notes.append(f"weight scale lowered {start / scale:.2f}x so that one step's input (at most "
-                                 f"{reach}) stays within {limit} (<< {hw.activation_shift}: the current's range)")
+                notes.append(f"weight scale lowered {start / scale:.2f}x so that one step's input (at most "
+                             f"{reach}) stays within {limit} (<< {hw.activation_shift}: the current's range)")
                 return scale
-            scale *= min(0.99, limit / reach)
     raise ExportRangeError(f"node {population.name}: no weight scale keeps one step's input within {limit}")
 
 
@@ -327,10 +327,16 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
     scale = _population_scale(population, weights, hw, netx)
     if not population.spiking:
         scale = _integrator_scale(graph, population, synapses, weights, scale, hw, time_steps, netx)
-    scale = _reach_scale(graph, population, synapses, weights, scale, hw, netx, notes)
     shift, vth_unit = 1 << hw.activation_shift, 1 << hw.vth_shift
 
-    fed = _quantize_synapses(graph, population, synapses, weights, scale, hw, allow_clip, notes, netx)
+    first_notes: list[str] = []
+    fed = _quantize_synapses(graph, population, synapses, weights, scale, hw, allow_clip, first_notes, netx)
+    reach = input_reach(fed.largest, fed.smallest)
+    if reach > max_input_reach(hw):  # only very wide fan-ins of same-sign weights
+        scale = _reach_scale(graph, population, synapses, weights, scale, reach, hw, netx, notes)
+        fed = _quantize_synapses(graph, population, synapses, weights, scale, hw, allow_clip, notes, netx)
+    else:
+        notes += first_notes
     largest, smallest = fed.largest, fed.smallest
     split_weights, kernel_weights = fed.split_weights, fed.kernel_weights
 
@@ -342,7 +348,7 @@ def quantize_population(graph: Graph, population: LIF, hw: HardwareConfig, time_
     params = FixedLIFParameters(du, dv, vth, bias_mant, bias_exp)
     never, always = _firing_extremes(largest, smallest, params, time_steps, hw) if population.spiking else (
         np.zeros(population.neurons, bool), np.zeros(population.neurons, bool))
-    max_activation = int(max(largest.max(initial=0), -smallest.min(initial=0)))
+    max_activation = input_reach(largest, smallest)
     bias_eff = bias_mant << bias_exp
     tau_effective = (hw.decay_unity - dv - hw.dv_offset) / hw.decay_unity
     cores = cores_needed(split_weights, population.neurons, hw.num_weight_bits_max, hw, shared_weights=kernel_weights)

@@ -423,8 +423,13 @@ def _clear_in_flight(graph: _ShardGraph) -> None:
         synapse.a_buff.set(buffer)
 
 
+def _is_lava_worker(process) -> bool:
+    """One of Lava's worker processes (its SystemProcess), not its shared-memory manager."""
+    return type(process).__name__ == "SystemProcess"
+
+
 def _lava_workers() -> list:
-    return [p for p in multiprocessing.active_children() if type(p).__name__ == "SystemProcess"]
+    return [p for p in multiprocessing.active_children() if _is_lava_worker(p)]
 
 
 def _check_workers(graph: _ShardGraph) -> None:
@@ -595,8 +600,8 @@ def _start_or_continue(graph: _ShardGraph, steps: int, run_steps, pin_to: int | 
     finally:
         if first:
             forked = [p for p in multiprocessing.active_children() if p not in before]
-            graph.workers = [p for p in forked if type(p).__name__ == "SystemProcess"]
-            graph.helpers = [p for p in forked if type(p).__name__ != "SystemProcess"]
+            graph.workers = [p for p in forked if _is_lava_worker(p)]
+            graph.helpers = [p for p in forked if not _is_lava_worker(p)]
         if first and pin_to is not None:
             os.sched_setaffinity(0, cpus)
     graph.started = True

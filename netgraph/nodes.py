@@ -186,10 +186,13 @@ class Dense(Synapse):
         super().__post_init__()
         _positive_int(self.name, "out_features", self.out_features)
 
+    def weight_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The weights' shape when reading a source of shape `in_shape`: (out_features, in_features)."""
+        return (self.out_features, math.prod(in_shape))
+
     def output_shape(self, inputs: Inputs) -> tuple[int, ...]:
         (source, in_shape), = inputs
-        self._check_weights(source, (self.out_features, math.prod(in_shape)),
-                            f"{math.prod(in_shape)} values {tuple(in_shape)}")
+        self._check_weights(source, self.weight_shape(in_shape), f"{math.prod(in_shape)} values {tuple(in_shape)}")
         return (self.out_features,)
 
 
@@ -214,6 +217,10 @@ class Conv2d(Synapse):
         if isinstance(self.padding, bool) or not isinstance(self.padding, (int, np.integer)) or self.padding < 0:
             raise GraphError(f"node {self.name}: padding must be an integer >= 0, got {self.padding!r}")
 
+    def weight_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The kernel's shape when reading a (C, H, W) source: (out_channels, C, kh, kw)."""
+        return (self.out_channels, in_shape[0], *self.kernel_size)
+
     def geometry(self, in_shape: tuple[int, ...]) -> ConvGeometry:
         return ConvGeometry(tuple(in_shape), tuple(self.kernel_size), int(self.stride), int(self.padding))
 
@@ -226,7 +233,7 @@ class Conv2d(Synapse):
         problem = geometry.problem()
         if problem:
             raise GraphError(f"edge {source} -> {self.name}: {problem}")
-        self._check_weights(source, (self.out_channels, in_shape[0], *self.kernel_size), f"{in_shape[0]} channels")
+        self._check_weights(source, self.weight_shape(in_shape), f"{in_shape[0]} channels")
         return geometry.out_shape(self.out_channels)
 
 

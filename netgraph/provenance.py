@@ -82,6 +82,17 @@ def read_json(text: str):
         raise ValueError("nested too deeply") from None
 
 
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
+
+
+def read_integer(text: str) -> int:
+    """An integer as every file this program writes records it: str(int), at most 20 digits
+    (so "1_000", " 12", "1e3", "007" or a 5,000-digit number are refused). Raises ValueError."""
+    if not _INTEGER_TEXT.fullmatch(text) or str(int(text)) != text:
+        raise ValueError(f"not an integer written in decimal: {text[:40]!r}")
+    return int(text)
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (run seed, epoch, stream id), stable everywhere."""
     digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()

@@ -10,7 +10,7 @@ from export.emulator import emulate
 from export.hw_config import resolve_hardware_config
 from export.network import ExportedNetwork
 from lava_backend.runner import run_network  # imports lava only when a run is built
-from netgraph import (LIF, Conv2d, Dense, Edge, Graph, Input, Output, QuantizedLIF, QuantizedSynapse, Sum,
+from netgraph import (LIF, Dense, Edge, Graph, Input, Output, QuantizedLIF, QuantizedSynapse, Sum,
                       Synapse)
 from trainer.config import RunConfig, config_from_dict
 from trainer.train import train
@@ -52,11 +52,6 @@ def random_float_chain(rng, sizes, tau=0.2, v_threshold=0.5) -> Graph:
                         for n_in, n_out in zip(sizes[:-1], sizes[1:])], (sizes[0],), tau, v_threshold)
 
 
-def _synapse_shape(graph: Graph, node) -> tuple[int, ...]:
-    source = graph.read_shape(node.name)
-    if isinstance(node, Conv2d):
-        return (node.out_channels, source[0], *node.kernel_size)
-    return (node.out_features, int(np.prod(source)))
 
 
 def integer_network(structure: Graph, time_steps: int, rng=None, weights=None, dv=3277, du=4095, vth=200,
@@ -72,7 +67,7 @@ def integer_network(structure: Graph, time_steps: int, rng=None, weights=None, d
             if weights is not None and node.name in weights:
                 w = np.asarray(weights[node.name], np.int64)
             else:
-                w = rng.integers(low // step, high // step + 1, size=_synapse_shape(structure, node)) * step
+                w = rng.integers(low // step, high // step + 1, size=node.weight_shape(structure.read_shape(node.name))) * step
                 w.flat[:2] = [low, high]
             node = type(node)(**{**_fields(node), "weight": w.astype(np.float32),
                                  "quantized": QuantizedSynapse(w, weight_exp, bits, sign_mode)})

@@ -15,7 +15,7 @@ from export.emulator import emulate  # noqa: E402
 from export.network import ExportedNetwork  # noqa: E402
 from export.timing import deployment_timing  # noqa: E402
 from export.validate import ExportRangeError  # noqa: E402
-from helpers import (HW, _synapse_shape, assert_bit_exact, chain_structure, integer_network, recurrent_structure,  # noqa: E402
+from helpers import (HW, assert_bit_exact, chain_structure, integer_network, recurrent_structure,  # noqa: E402
                      skip_structure)
 from lava_backend import runner  # noqa: E402
 from lava_backend.fidelity import BackendRun, build_report, check_gates, compare_pair  # noqa: E402
@@ -199,7 +199,7 @@ def test_floating_pt_follows_the_float_parameters_on_a_skip_and_a_recurrent_grap
     # and vth odd, so both fire exactly when a >= 62: the modes must agree spike for spike.
     rng = np.random.default_rng(14)
     for structure in (skip_structure(), recurrent_structure()):
-        weights = {n.name: rng.integers(-20, 21, size=_synapse_shape(structure, n)) * 2
+        weights = {n.name: rng.integers(-20, 21, size=n.weight_shape(structure.read_shape(n.name))) * 2
                    for n in structure.nodes if isinstance(n, Synapse)}
         fixed = integer_network(structure, 5, weights=weights, du=4095, dv=4095, vth=61,
                                 bias={lif.name: np.zeros(lif.neurons) for lif in structure.populations})

@@ -10,11 +10,12 @@ trainer.network). Format 1 (before the graph: `layers.<config index>.weight|bias
 and its keys mapped onto the graph the same config builds.
 
 load_checkpoint checks all of a checkpoint before anything uses it, against the network
-and the optimizer its embedded config builds: the config (with its size limits), every
-tensor (present, none unexpected, shape, dtype, finite), epochs_completed, the history
-train.py writes, and the optimizer state (one entry per trained parameter, of its shape,
-and the param_groups train.py builds). A corrupted file thus ends in one line naming the
-file and the key or tensor, not in a RuntimeError or a KeyError in the middle of training.
+its embedded config builds: the config (with its size limits), every tensor (present, none
+unexpected, shape, dtype, finite), epochs_completed and the history train.py writes. The
+optimizer state (one entry per trained parameter, of its shape; param_groups agreeing with
+those train.py builds) is checked by check_optimizer_state where it is used, before a resumed
+run's first epoch. A corrupted file thus ends in one line naming the file and the key or
+tensor, not in a RuntimeError or a KeyError in the middle of training.
 """
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from netgraph import LIF, Conv2d, Graph, Synapse
+from netgraph import LIF, Graph, Synapse
 from netgraph.errors import CheckpointError, one_line, shown
 from netgraph.limits import check_memory, check_shape
-from netgraph.provenance import atomic_write, package_versions, read_json
+from netgraph.provenance import atomic_write, package_versions, read_integer, read_json
 from trainer import lee2019, mpbp
 from trainer.architecture import build_graph, layers_from_graph, synapse_name, synapse_names_in_config
 from trainer.config import ConfigError, RunConfig, TrainingConfig, config_from_dict, float_only_neuron
@@ -56,7 +57,6 @@ HISTORY_KEYS = frozenset(("epoch", *HISTORY_NUMBERS, *HISTORY_RATES))
 # moments; SGD (no momentum) keeps none.
 OPTIMIZER_STATE_KEYS = {"adam": frozenset({"step", "exp_avg", "exp_avg_sq"}), "sgd": frozenset()}
 OPTIMIZER_TENSOR = re.compile(r"optimizer\.([0-9]{1,9})\.([A-Za-z_]{1,64})")
-INTEGER_TEXT = re.compile(r"-?[0-9]{1,18}")
 BYTES_PER_VALUE = 4  # float32: every parameter and every neuron's bias or state
 
 
@@ -87,9 +87,7 @@ def check_network_size(graph: Graph, what: str) -> None:
             check_shape(node.shape, f"{what}: population {node.name}")
             values += node.neurons
         elif isinstance(node, Synapse):
-            source = graph.read_shape(node.name)
-            shape = ((node.out_channels, source[0], *node.kernel_size) if isinstance(node, Conv2d)
-                     else (node.out_features, math.prod(source)))
+            shape = node.weight_shape(graph.read_shape(node.name))
             check_shape(shape, f"{what}: synapse {node.name}'s weights")
             values += math.prod(shape)
     check_memory(values * BYTES_PER_VALUE, f"{what}: the network's weights and neurons")
@@ -245,9 +243,10 @@ def _integer_field(metadata: dict[str, str], key: str, path: Path) -> int:
     text = metadata.get(key)
     if text is None:
         raise CheckpointError(f"{path}: metadata '{key}' is missing")
-    if not INTEGER_TEXT.fullmatch(text):
-        raise CheckpointError(f"{path}: metadata '{key}' must be an integer, got {shown(text)}")
-    return int(text)
+    try:
+        return read_integer(text)
+    except ValueError:
+        raise CheckpointError(f"{path}: metadata '{key}' must be an integer, got {shown(text)}") from None
 
 
 def _embedded_config(metadata: dict[str, str], path: Path) -> RunConfig:

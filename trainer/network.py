@@ -66,8 +66,7 @@ class DenseSynapse(NodeModule):
             self.register_buffer("weight", torch.as_tensor(node.weight, dtype=torch.float32).clone(),
                                  persistent=False)
             return
-        in_features = math.prod(graph.read_shape(node.name))
-        self.weight = nn.Parameter(torch.empty(node.out_features, in_features))
+        self.weight = nn.Parameter(torch.empty(node.weight_shape(graph.read_shape(node.name))))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's nn.Linear default
 
     def over_time(self, inputs):
@@ -89,8 +88,7 @@ class ConvSynapse(NodeModule):
             self.register_buffer("weight", torch.as_tensor(node.weight, dtype=torch.float32).clone(),
                                  persistent=False)
             return
-        in_channels = graph.read_shape(node.name)[0]
-        self.weight = nn.Parameter(torch.empty(node.out_channels, in_channels, *node.kernel_size))
+        self.weight = nn.Parameter(torch.empty(node.weight_shape(graph.read_shape(node.name))))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's nn.Conv2d default
 
     def over_time(self, inputs):
