@@ -9,6 +9,10 @@ lava/proc/dense/models.py `AbstractPyDenseModelBitAcc`, lava/utils/weightutils.p
 Functions take an array namespace `xp` (numpy or torch); both provide the few functions
 used here under the same names. Integer arrays are int64 throughout, wide enough that no
 intermediate overflows before the explicit wrap/clip.
+
+`lif_fixed_step` is the definition. `InPlaceLIF` (end of this module) is the emulator's
+fast kernel of the same arithmetic: in place, in int32 and float64 where those are provably
+exact (`in_place_lif_applies`); tests/test_emulator_speed.py compares the two on edge values.
 """
 from __future__ import annotations
 
@@ -101,6 +105,15 @@ def effective_weights(weights: np.ndarray, sign_mode: str, num_weight_bits: int,
 def shift_activation(accumulated, weight_exp: int):
     """Dense's output scaling: a << weight_exp if weight_exp > 0, else a >> -weight_exp (floor)."""
     return accumulated << weight_exp if weight_exp > 0 else accumulated >> -weight_exp
+
+
+def shift_activation_in_place(accumulated, weight_exp: int):
+    """shift_activation, overwriting `accumulated` (a numpy or torch integer array): the emulator's."""
+    if weight_exp > 0:
+        accumulated <<= weight_exp
+    elif weight_exp < 0:
+        accumulated >>= -weight_exp
+    return accumulated
 
 
 def input_extremes(synapse: Node, weights: np.ndarray, source_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -210,3 +223,168 @@ def population_activation_extremes(graph: Graph, population: LIF, hw: HardwareCo
         high, low = activation_extremes(synapse, q, graph.shape_of(edge.source), hw)
         largest, smallest = largest + high, smallest + low
     return largest, smallest
+
+
+# ---- the emulator's fast kernel: lif_fixed_step's arithmetic in place, in the narrowest exact types
+
+INT32_LIMIT = 1 << 31
+FLOAT64_MANTISSA_BITS = 53
+
+
+def in_place_lif_applies(params: FixedLIFParameters, reach: int, hw: HardwareConfig) -> bool:
+    """Whether InPlaceLIF gives exactly lif_fixed_step's results for a population whose one-step
+    input never exceeds `reach` in magnitude (input_reach of population_activation_extremes, after
+    weight_exp; params.bias_mant numpy int64).
+
+    Within max_input_reach (what validation enforces) an input shifted by activation_shift is
+    at most 2 x state_limit, so the current before its wrap stays within 3 x state_limit and
+    after it in (-state_limit, state_limit]; v is clipped to +-(state_limit - 1). No sum the
+    kernel forms then exceeds 4 x state_limit + |bias|, which int32 holds while that is < 2^31.
+    The decay product (state_bits + decay_bits bits) is exact in float64 below 53 bits."""
+    largest_bias = int(np.abs(effective_bias(params)).max(initial=0))
+    return (reach <= max_input_reach(hw) and 4 * hw.state_limit + largest_bias < INT32_LIMIT
+            and (params.vth << hw.vth_shift) < INT32_LIMIT
+            and hw.state_bits + hw.decay_bits <= FLOAT64_MANTISSA_BITS)
+
+
+def current_may_wrap(largest: np.ndarray, smallest: np.ndarray, params: FixedLIFParameters, time_steps: int,
+                     hw: HardwareConfig) -> bool:
+    """Whether a population's current u can leave (-state_limit, state_limit], where wrap_current
+    acts, within `time_steps` steps from zero, every step's input lying between `smallest` and
+    `largest` (int64 (neurons,), after weight_exp). u depends on neither v nor the spikes, and its
+    step without the wrap is monotone in u and the input (decay truncates toward zero), so the
+    two extreme inputs bound it at every step."""
+    limit = hw.state_limit
+    for extreme in (largest, smallest):
+        u = np.zeros_like(extreme)
+        for _ in range(time_steps):
+            following, _ = lif_subthreshold(extreme, u, u, params, hw, saturate=False)
+            if following.max(initial=0) > limit or following.min(initial=0) <= -limit:
+                return True
+            if np.array_equal(following, u):
+                break  # a fixed point: every later step repeats it
+            u = following
+    return False
+
+
+def _zeros(xp, shape, dtype, device):
+    return xp.zeros(shape, dtype=dtype) if xp is np else xp.zeros(shape, dtype=dtype, device=device)
+
+
+def _assign(target, source, xp) -> None:
+    """target[...] = source in target's type; float to int is the C cast, truncating toward zero."""
+    if xp is np:
+        np.copyto(target, source, casting="unsafe")
+    else:
+        target.copy_(source)
+
+
+def _at_most(values, level: int, out, xp) -> None:
+    """out (uint8) = values <= level; numpy writes its comparisons fastest as bool, torch as uint8."""
+    if xp is np:
+        np.less_equal(values, level, out=out.view(np.bool_))
+    else:
+        xp.less_equal(values, level, out=out)
+
+
+def _shifted_into(target, values, shift: int, xp) -> None:
+    """target = values << shift (int32, no overflow within in_place_lif_applies)."""
+    if xp is np:
+        np.left_shift(values, shift, out=target)
+    else:
+        xp.bitwise_left_shift(values, shift, out=target)
+
+
+def _add_shifted(target, values, shift: int, scratch, xp) -> None:
+    """target += values << shift: torch in one pass (add with alpha), numpy through scratch."""
+    if shift == 0:
+        target += values
+    elif xp is np:
+        _shifted_into(scratch, values, shift, xp)
+        target += scratch
+    else:
+        target.add_(values, alpha=1 << shift)
+
+
+class InPlaceLIF:
+    """One population's LIF state for a batch, stepped with lif_fixed_step's arithmetic in place:
+    the emulator's kernel, for a population where in_place_lif_applies.
+
+    The same operations as lif_subthreshold and lif_fixed_step; only the types and the passes
+    differ (tests/test_emulator_speed.py compares the two, edge values included):
+    - u, v, the input and every sum are int32 (exact by in_place_lif_applies);
+    - the input a << activation_shift is added in the same pass as the sum (torch), and so may
+      a left shift by weight_exp the synapse left to the population (`input_shift`);
+    - decay(x, d): x * (2^decay_bits - d) needs up to 36 bits, so it is taken in float64 as
+      x * ((2^decay_bits - d) / 2^decay_bits), which is exact (an integer below 2^53 scaled by a
+      power of two), and the cast back to int32 truncates toward zero as decay does; a factor of
+      1 or 0 is skipped or written as zeros;
+    - wrap_current: u - 2 L floor((u + L - 1) / 2 L) (L = state_limit), u's representative in
+      (-L, L], which is its single wrap for every u within 3 L; skipped where the current provably
+      never leaves its range (`wraps` False, from current_may_wrap). A current that keeps nothing
+      from one step to the next (du + du_offset = 2^decay_bits) and never wraps is no array: its
+      input goes straight into v;
+    - v's decay comes before u's new value is added (it does not depend on it), and the reset is
+      v *= (v <= threshold), the spikes the complement of that mask.
+
+    xp: numpy or torch; shape: (batch, neurons); bias: the effective bias (bias_mant << bias_exp)
+    as int32 (neurons,) of xp on `device`; input_shift: the step's activation arrives as a >>
+    input_shift (a left shift still to apply). The state starts at zero; `v` is readable after a step.
+    """
+
+    def __init__(self, params: FixedLIFParameters, hw: HardwareConfig, bias, shape: tuple[int, int], xp,
+                 device=None, wraps: bool = True, input_shift: int = 0):
+        self.xp, self.hw, self.bias, self.wraps = xp, hw, bias, wraps
+        self.shift = hw.activation_shift + input_shift
+        self.current_factor = (hw.decay_unity - params.du - hw.du_offset) / hw.decay_unity  # exact in float64
+        self.voltage_factor = (hw.decay_unity - params.dv - hw.dv_offset) / hw.decay_unity
+        self.threshold = params.vth << hw.vth_shift
+        self.v = _zeros(xp, shape, xp.int32, device)
+        self.u = _zeros(xp, shape, xp.int32, device) if self.current_factor != 0 or wraps else None
+        self.scratch = _zeros(xp, shape, xp.int32, device) if wraps or (xp is np and self.shift) else None
+        decays = self.current_factor not in (0, 1) or self.voltage_factor not in (0, 1)
+        self.product = _zeros(xp, shape, xp.float64, device) if decays else None
+        self.kept = _zeros(xp, shape, xp.uint8, device)  # 1 where v stays, 0 where the neuron fires
+
+    def step(self, activation, spikes) -> None:
+        """One step: activation (int32 (batch, neurons), the synaptic input >> input_shift, may be
+        a strided view); writes spikes (uint8 (batch, neurons) of 0/1, may be a strided view) and
+        leaves v reset to 0 where they are 1."""
+        xp, v, u = self.xp, self.v, self.u
+        self._decay(v, self.voltage_factor)
+        if u is None:
+            _add_shifted(v, activation, self.shift, self.scratch, xp)
+        else:
+            if self.current_factor == 0:
+                _shifted_into(u, activation, self.shift, xp)
+            else:
+                self._decay(u, self.current_factor)
+                _add_shifted(u, activation, self.shift, self.scratch, xp)
+            if self.wraps:
+                self._wrap(u, self.scratch)
+            v += u
+        v += self.bias
+        limit = self.hw.state_limit - 1
+        xp.clip(v, -limit, limit, out=v)
+        _at_most(v, self.threshold, self.kept, xp)
+        v *= self.kept
+        xp.bitwise_xor(self.kept, 1, out=spikes)
+
+    def _decay(self, state, factor: float) -> None:
+        """state (int32) to decay(state, d), factor being (2^decay_bits - d) / 2^decay_bits."""
+        if factor == 1:
+            return
+        if factor == 0:
+            state[...] = 0
+            return
+        _assign(self.product, state, self.xp)
+        self.product *= factor  # float64 times a Python float: float64 in numpy and torch alike
+        _assign(state, self.product, self.xp)
+
+    def _wrap(self, current, carry) -> None:
+        """current in place to its representative in (-L, L]; carry: int32 scratch of its shape.
+        x & -2L is 2L floor(x / 2L) in two's complement."""
+        limit = self.hw.state_limit
+        self.xp.add(current, limit - 1, out=carry)
+        self.xp.bitwise_and(carry, -2 * limit, out=carry)
+        current -= carry

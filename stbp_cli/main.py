@@ -28,6 +28,7 @@ from spikedata import DATASETS, load_dataset
 from stbp_cli.pipeline import (evaluation_spikes, evaluation_split, export_checkpoint, export_nir,
                                import_nir_checkpoint, run_fidelity)
 from trainer.config import config_with_overrides, float_only_neuron, load_config
+from trainer.distributed import launched_rank
 from trainer.train import train
 
 EXIT_USAGE = 2
@@ -74,10 +75,12 @@ def _cmd_train(args) -> int:
         },
     )
     reason = float_only_neuron(config.training)
-    if reason is not None:
+    if reason is not None and launched_rank() == 0:  # started by torchrun: said once, by rank 0
         print(f"warning: this network trains and evaluates in float, but cannot be exported: it uses {reason}",
               file=sys.stderr)
     result = train(config, resume=args.resume, progress=not args.no_progress, inspect=_warn_if_not_deployable)
+    if result.rank != 0:  # one of several data-parallel processes: rank 0 writes and reports
+        return 0
     history_path = Path(config.output_dir) / "history.json"
     with atomic_write(history_path, "w") as handle:
         json.dump(result.history, handle, indent=2)
@@ -258,7 +261,7 @@ def _cmd_run(args) -> int:
     if args.backend == "emulator":
         result = emulate(network, spikes, progress=not args.no_progress)
         rate = len(spikes) / (time.perf_counter() - started)
-        detail = "emulator (numpy)"
+        detail = f"emulator ({result.backend})"
     else:
         result = run_network(network, spikes, mode=args.backend, record="output", shards=args.shards,
                              progress=not args.no_progress, conv_mapping=args.lava_conv)

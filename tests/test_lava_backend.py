@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import re
 
 import numpy as np
 import pytest
@@ -352,7 +353,7 @@ def test_cli_demo_runs_the_whole_pipeline_and_run_reports_accuracy(tmp_path, cap
     saved = np.load(tmp_path / "spikes.npz")
     assert saved["output_spikes"].shape == (25, 16, 10)
     assert main(["run", str(out / "net.onnx"), "--backend", "emulator", "--limit", "25", "--no-progress"]) == 0
-    assert "emulator (numpy): accuracy" in capsys.readouterr().out
+    assert re.search(r"emulator \((numpy|torch cpu|torch cuda\S*)\): accuracy", capsys.readouterr().out)
     assert main(["run", str(tmp_path / "missing.onnx")]) == 2
 
 
@@ -446,6 +447,10 @@ def test_inputs_lava_cannot_honour_are_refused_naming_the_problem():
         run_network(network, np.full((1, 3, 1), 2, np.uint8), progress=False)
     with pytest.raises(ValueError, match="input spikes must be 0 or 1"):
         emulate(network, np.full((1, 3, 1), 2, np.uint8))
+    for not_binary in (0.5, np.nan, -1.0):  # a float would otherwise be cast to an integer silently
+        with pytest.raises(ValueError, match="input spikes must be 0 or 1"):
+            emulate(network, np.full((1, 3, 1), not_binary))
+    assert emulate(network, np.ones((1, 3, 1), bool)).output_spikes.shape == (1, 3, 1)
     with pytest.raises(ValueError, match="no samples to emulate"):
         emulate(network, np.zeros((0, 3, 1), np.uint8))
     odd_hw = dataclasses.replace(HW, name="odd", vth_shift=5)

@@ -31,7 +31,8 @@ ALLOWED = {
 TORCH_FREE = {"netgraph", "spikedata", "interchange", "export", "lava_backend"}
 # What a function may import lazily: heavy optional dependencies, and the project modules
 # that load them at import time.
-LAZY_ALLOWED = ("torch", "tonic", "lava", "matplotlib", "lava_backend.spike_io", "snntorch", "norse")
+LAZY_ALLOWED = ("torch", "tonic", "lava", "matplotlib", "lava_backend.spike_io", "snntorch", "norse", "numba",
+                "trainer.lif_cpu")
 LAVA_MODULES = "lava_backend.spike_io"  # the only modules that import lava at module level
 
 

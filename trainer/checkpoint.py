@@ -72,6 +72,11 @@ class Checkpoint:
     versions: dict[str, str]
     path: Path | None = None
     origin: dict[str, Any] | None = None  # where a network made elsewhere came from (e.g. a NIR file)
+    # How many data-parallel processes trained the epochs up to this checkpoint since the run
+    # (re)started (trainer.distributed); None when not recorded (checkpoints written before
+    # it was, networks made elsewhere). Informational: the run state is global, so a run
+    # resumes on any number of processes.
+    world_size: int | None = None
 
 
 # --------------------------------------------------------------------------- the network and optimizer of a config
@@ -159,6 +164,8 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     }
     if checkpoint.origin:
         metadata["origin"] = json.dumps(checkpoint.origin)
+    if checkpoint.world_size is not None:
+        metadata["world_size"] = str(checkpoint.world_size)
     payload = save(tensors, metadata=metadata)
     with atomic_write(path) as handle:
         handle.write(payload)
@@ -226,8 +233,18 @@ def _checkpoint_from_file(metadata: dict[str, str], tensors: dict[str, torch.Ten
         model_state=model_state,
         optimizer_state=_optimizer_state(tensors, _json_field(metadata, "optimizer_param_groups", path), path),
         history=_json_field(metadata, "history", path), versions=_versions(metadata, path), path=path,
-        origin=origin,
+        origin=origin, world_size=_world_size(metadata, path),
     )
+
+
+def _world_size(metadata: dict[str, str], path: Path) -> int | None:
+    """The number of processes that trained the checkpoint (metadata 'world_size', optional)."""
+    if "world_size" not in metadata:
+        return None
+    world_size = _integer_field(metadata, "world_size", path)
+    if world_size < 1:
+        raise CheckpointError(f"{path}: metadata 'world_size' must be a number of processes >= 1, got {world_size}")
+    return world_size
 
 
 def _json_field(metadata: dict[str, str], key: str, path: Path) -> Any:

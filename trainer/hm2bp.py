@@ -47,7 +47,7 @@ from torch.nn import functional as F
 from netgraph import LIF
 from trainer.config import HM2BPConfig
 from trainer.network import NetworkOutput
-from trainer.neuron import LIFParameters, LIFState, lif_step
+from trainer.neuron import LIFParameters, LIFState, lif_sequence, lif_step
 from trainer.surrogate import Surrogate
 
 _NO_SURROGATE = Surrogate("h1", 1.0)  # the forward pass only: HM2-BP never differentiates the spike
@@ -71,6 +71,8 @@ def layer_forward(inputs: torch.Tensor, weight: torch.Tensor, params: LIFParamet
     With refractory_steps R > 0 the potential is held at 0 (and no spike fires) for R steps
     after each spike; R = 0 is exactly trainer.neuron's LIF."""
     currents = F.linear(inputs, weight)
+    if not refractory_steps:  # exactly lif_step's neuron: the fused recurrence computes it in one pass
+        return lif_sequence(currents, params, _NO_SURROGATE, bias)
     state = LIFState.zeros_like(currents[:, 0])
     holding = torch.zeros_like(currents[:, 0])
     spikes, potentials = [], []

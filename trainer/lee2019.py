@@ -42,7 +42,9 @@ Sum of two synapses. Optimiser: plain SGD with weight decay 5e-4 in the code (tr
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -51,7 +53,7 @@ from torch.nn import functional as F
 from netgraph import LIF, Graph
 from trainer.config import Lee2019Config
 from trainer.network import ConvSynapse, DenseSynapse, LIFPopulation, NetworkOutput, SpikingNetwork
-from trainer.neuron import LIFParameters
+from trainer.neuron import BackwardRule, LIFParameters, lif_recurrence
 from trainer.surrogate import Surrogate
 
 
@@ -66,20 +68,17 @@ def leak_correction(spikes: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.where(count > 0, correction, torch.zeros_like(correction))
 
 
-class _FiredPassThrough(torch.autograd.Function):
-    """Forward: H(z) with H(0) = 1 (the graph's spike rule); backward: 1[fired] / Vth."""
+@dataclass(frozen=True)
+class FiredOverThreshold:
+    """The paper's spike derivative: 1[fired] / Vth (fired: z = u - Vth >= 0, the graph's rule)."""
 
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, v_threshold: float) -> torch.Tensor:  # type: ignore[override]
-        spikes = (z >= 0).to(z.dtype)
-        ctx.save_for_backward(spikes)
-        ctx.v_threshold = v_threshold
-        return spikes
+    v_threshold: float
 
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        (spikes,) = ctx.saved_tensors
-        return grad_output * spikes / ctx.v_threshold, None
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        return (z >= 0).to(z.dtype) / self.v_threshold
+
+    def kernel_form(self) -> tuple[int, float]:
+        return 0, self.v_threshold  # trainer.lif_cpu.surrogate_derivative's kind 0
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -104,23 +103,17 @@ def leak_aware_sequence(current: torch.Tensor, params: LIFParameters, spiking: b
     is the paper's (module docstring): no gradient through the leak's factor or the reset's
     spike, 1[fired] NG / Vth through each spike. spiking False: a non-spiking output (no
     spikes, no reset; the potentials carry the gradient)."""
-    potential = torch.zeros_like(current[:, 0])
-    fired = torch.zeros_like(potential)
-    spikes, potentials = [], []
-    for t in range(current.shape[1]):
-        kept = potential * (1.0 - fired.detach())
-        leaked = params.tau * kept
-        # leaked's value, kept's gradient: the forward value is tau * u * (1 - o) exactly.
-        potential = leaked.detach() + (kept - kept.detach()) + current[:, t]
-        if spiking:
-            fired = _FiredPassThrough.apply(potential - params.v_threshold, params.v_threshold)
-        spikes.append(fired)
-        potentials.append(potential)
-    spikes_over_time = torch.stack(spikes, dim=1)
+    # The forward is lif_step's (no bias); the gradient passes the leak unscaled (leak_gradient
+    # 1: d u[t]/d u[t-1] = 1 - o[t-1]), not through the reset's spike, and through each spike as
+    # 1[fired] / Vth. A non-spiking population's Vth is inf: it never fires nor resets.
+    if not spiking:
+        params = dataclasses.replace(params, v_threshold=math.inf)
+    rule = BackwardRule(FiredOverThreshold(params.v_threshold), leak_gradient=1.0, reset_gradient=False)
+    spikes_over_time, potentials = lif_recurrence(current, params, rule)
     if spiking:
         factor = leak_correction(spikes_over_time.detach(), params.tau).unsqueeze(1)
         spikes_over_time = _ScaleGradient.apply(spikes_over_time, factor)
-    return spikes_over_time, torch.stack(potentials, dim=1)
+    return spikes_over_time, potentials
 
 
 class LeakAwarePopulation(LIFPopulation):

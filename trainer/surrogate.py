@@ -48,6 +48,11 @@ class Surrogate:
             return s * (1 - s) / a
         return torch.exp(-(z * z) / (2 * a)) / math.sqrt(2 * math.pi * a)
 
+    def kernel_form(self) -> tuple[int, float]:
+        """(kind, width) of this derivative in trainer.lif_cpu.surrogate_derivative, the scalar
+        form of the same equations the compiled CPU recurrence evaluates (h1-h4: 1-4)."""
+        return SURROGATE_NAMES.index(self.name) + 1, self.a
+
 
 class _SpikeFunction(torch.autograd.Function):
     @staticmethod
