@@ -77,8 +77,10 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -88,7 +90,14 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import export.emulator as emulator  # noqa: E402
+from export.emulator import emulate  # noqa: E402
+from export.fixed_point import effective_weights  # noqa: E402
+from export.hw_config import resolve_hardware_config  # noqa: E402
 from netgraph.provenance import package_versions  # noqa: E402
+from spikedata import load_dataset  # noqa: E402
+from stbp_cli.pipeline import export_checkpoint  # noqa: E402
+from trainer.encoding import encode_split  # noqa: E402
 from trainer.config import config_from_dict  # noqa: E402
 import trainer.network as network_module  # noqa: E402
 import trainer.neuron as neuron  # noqa: E402
@@ -163,7 +172,6 @@ def cpu_model() -> str:
 
 
 def version_of(name: str) -> str:
-    from importlib import metadata
 
     try:
         return metadata.version(name)
@@ -294,7 +302,7 @@ def ours_contender(work: Workload, network: SpikingNetwork, name: str, config: s
 # snnTorch ----
 
 def snntorch_contender(work: Workload, per_step: bool) -> Contender:
-    import snntorch as snn
+    import snntorch as snn  # a peer, in the dev extra: imported only when timed
 
     (w1, b1), (w2, b2) = work.weights
     fc1, fc2 = linear_from(w1, b1), linear_from(w2, b2)
@@ -335,7 +343,7 @@ def snntorch_contender(work: Workload, per_step: bool) -> Contender:
 def spikingjelly_contender(work: Workload, backend: str) -> Contender:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        from spikingjelly.activation_based import functional, layer, neuron
+        from spikingjelly.activation_based import functional, layer, neuron  # a peer, dev extra only
 
     (w1, b1), (w2, b2) = work.weights
 
@@ -372,7 +380,7 @@ def spikingjelly_contender(work: Workload, backend: str) -> Contender:
 # norse ----
 
 def norse_contender(work: Workload) -> Contender:
-    from norse.torch import LIFBoxCell, LIFBoxParameters
+    from norse.torch import LIFBoxCell, LIFBoxParameters  # a peer, in the dev extra: imported only when timed
 
     # v[t] = v[t-1] + dt tau_mem_inv (i - v[t-1]) = 0.2 v[t-1] + 0.8 i: with i = 1.25 (W s + b), v is our u.
     gain = 1.0 / (1.0 - TAU)
@@ -676,7 +684,6 @@ def print_training(result: dict) -> None:
 
 def emulator_backends() -> tuple[list[str], str]:
     """The emulator's backend names (its table, and the names its error message offers) and its default."""
-    import export.emulator as emulator
 
     names: list[str] = []
     for attribute in ("BACKENDS", "EMULATOR_BACKENDS", "_OPS"):
@@ -689,7 +696,6 @@ def emulator_backends() -> tuple[list[str], str]:
 
 def probe_backend_names(network, spikes) -> list[str]:
     """Names in the emulator's refusal of an unknown backend ('choose ...')."""
-    from export.emulator import emulate
 
     try:
         emulate(network, spikes[:1], "__no_such_backend__")
@@ -700,7 +706,6 @@ def probe_backend_names(network, spikes) -> list[str]:
 
 def synapse_weights(network) -> list[tuple[str, np.ndarray]]:
     """(population, effective integer weights (out, in)) of each population's forward synapse."""
-    from export.fixed_point import effective_weights
 
     layers = []
     for population in network.graph.populations:
@@ -712,14 +717,12 @@ def synapse_weights(network) -> list[tuple[str, np.ndarray]]:
 
 
 def int8_weights(weights: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """weights / 2^k in int8 with the smallest common k that fits, or None."""
-    for shift in range(0, 16):
-        if np.any(weights % (1 << shift)):
-            return None
-        scaled = weights >> shift
-        if scaled.min() >= -128 and scaled.max() <= 127:
-            return scaled.astype(np.int8), shift
-    return None
+    """weights / 2^k in int8, k their common power of two (the emulator's own choice), or None."""
+    shift = emulator._common_power_of_two(weights)
+    scaled = weights >> shift
+    if scaled.min(initial=0) < -128 or scaled.max(initial=0) > 127:
+        return None
+    return scaled.astype(np.int8), shift
 
 
 def pad_to(tensor: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:
@@ -790,11 +793,6 @@ class MatmulOnly:
 
 
 def time_emulator(args, device: torch.device, samples: int | None, rounds: int, batch: int, log) -> dict:
-    from export.emulator import emulate
-    from export.hw_config import resolve_hardware_config
-    from spikedata import load_dataset
-    from stbp_cli.pipeline import export_checkpoint
-    from trainer.encoding import encode_split
 
     if not Path(args.checkpoint).is_file():
         return {"skipped": f"checkpoint {args.checkpoint} not found (make it with benchmarks/bench_train_mnist.py)"}
@@ -914,7 +912,6 @@ def guarded(section: Callable[[], dict]) -> dict:
     try:
         return section()
     except Exception as exc:  # noqa: BLE001
-        import traceback
 
         traceback.print_exc()
         return {"failed": f"{type(exc).__name__}: {exc}"}

@@ -80,7 +80,9 @@ class _Product:
     """How one synapse's sums are taken, exactly, over its effective weights >> scale_bits (all
     multiples of 2^scale_bits). integer: weights int8 (inputs, outputs), an int8 product;
     else float weights (inputs, outputs), or the conv kernel (geometry set), of float_dtype.
-    The sums come out as out_dtype: int32 for a population InPlaceLIF steps, else int64."""
+    The sums come out as out_dtype, and the activation (after the synapse's shift) is
+    activation_dtype: int32 for a population InPlaceLIF steps, else int64. They differ where a
+    sum before a right shift could pass 2^31 though the shifted activation fits int32."""
 
     weights: Any
     integer: bool
@@ -88,6 +90,7 @@ class _Product:
     scale_bits: int
     geometry: ConvGeometry | None
     out_dtype: Any
+    activation_dtype: Any
 
 
 class _NumpyOps:
@@ -114,6 +117,9 @@ class _NumpyOps:
 
     def constant(self, array: np.ndarray, dtype):
         return np.ascontiguousarray(array, dtype=dtype)
+
+    def cast(self, array, dtype):
+        return array.astype(dtype)
 
     def zeros(self, shape, dtype):
         return np.zeros(shape, dtype=dtype)
@@ -165,6 +171,9 @@ class _TorchOps:
     def constant(self, array: np.ndarray, dtype):
         return self.torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(self.device)
 
+    def cast(self, array, dtype):
+        return array.to(self._dtype(dtype))
+
     def zeros(self, shape, dtype):
         return self.torch.zeros(shape, dtype=self._dtype(dtype), device=self.device)
 
@@ -198,21 +207,23 @@ def _common_power_of_two(weights: np.ndarray) -> int:
     return (bits & -bits).bit_length() - 1 if bits else 0
 
 
-def _plan_product(weights: np.ndarray, geometry: ConvGeometry | None, out_dtype, ops) -> _Product:
+def _plan_product(weights: np.ndarray, geometry: ConvGeometry | None, activation_dtype, ops) -> _Product:
     """The fastest exact product this backend has for one synapse's effective weights (int64,
     (outputs, inputs) or a conv kernel): int8 where the scaled weights fit and every sum stays
     below 2^31 (int32 accumulation), else float32 while every partial sum stays below 2^24, else
-    float64."""
+    float64 (exact below 2^53, which validation's input bound keeps every sum far under)."""
     scale_bits = _common_power_of_two(weights)
     scaled = weights >> scale_bits
     bound = int(np.abs(scaled).reshape(scaled.shape[0], -1).sum(axis=1).max(initial=0))
+    out_dtype = np.int64 if bound >= INT32_LIMIT else activation_dtype
     low, high = int(scaled.min(initial=0)), int(scaled.max(initial=0))
     if ops.int8_products and geometry is None and INT8_MIN <= low and high <= INT8_MAX and bound < INT32_LIMIT:
-        return _Product(ops.constant(scaled.T, np.int8), True, None, scale_bits, None, out_dtype)
+        return _Product(ops.constant(scaled.T, np.int8), True, None, scale_bits, None, out_dtype, activation_dtype)
     exact_in_float32 = bound < FLOAT32_EXACT and max(high, -low) <= ops.float32_weight_limit
     float_dtype = np.float32 if exact_in_float32 else np.float64
     layout = scaled if geometry is not None else scaled.T
-    return _Product(ops.constant(layout, float_dtype), False, float_dtype, scale_bits, geometry, out_dtype)
+    return _Product(ops.constant(layout, float_dtype), False, float_dtype, scale_bits, geometry, out_dtype,
+                    activation_dtype)
 
 
 @dataclass(frozen=True)
@@ -300,7 +311,10 @@ class _Simulation:
         """spikes (..., inputs) -> activation (..., outputs), Lava Dense's arithmetic."""
         product = self.products[node.name]
         sums = self.ops.product(spikes.reshape(-1, spikes.shape[-1]), product)
-        return shift_activation_in_place(sums, self.shifts[node.name]).reshape(*spikes.shape[:-1], -1)
+        activation = shift_activation_in_place(sums, self.shifts[node.name])
+        if product.out_dtype != product.activation_dtype:  # wide sums, shifted into int32's range
+            activation = self.ops.cast(activation, product.activation_dtype)
+        return activation.reshape(*spikes.shape[:-1], -1)
 
     def _population(self, node: LIF, activation):
         """activation (batch, steps, neurons) -> this batch's spike record of the population (its

@@ -231,6 +231,6 @@ def test_a_process_that_fails_ends_the_other_with_one_line(tmp_path):
     assert "stbp train: error: " in done.stderr and "Not a directory" in done.stderr
     # Rank 1 learns it from gloo (the connection closed) or from torchrun (SIGTERM), whichever
     # comes first; either way one line, no traceback.
-    assert ("process 1 of 2: waiting for the other processes failed; another process ended" in done.stderr
+    assert ("process 1 of 2: waiting for the other processes failed (when another process ended" in done.stderr
             or "stbp train: terminated" in done.stderr)
     assert "RuntimeError" not in done.stderr

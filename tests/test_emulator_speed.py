@@ -332,3 +332,24 @@ def test_the_memory_estimate_bounds_what_the_numpy_backend_holds():
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak - outputs <= 64 * sum(emulation_bytes_per_sample(network.graph, network.time_steps).values())
+
+
+def test_sums_past_int32_before_a_right_shift_stay_exact(monkeypatch):
+    """A custom hw config (16-bit weights, no activation shift) lets a sum reach 2^31 before
+    weight_exp's right shift brings the activation back within the input bound: the sums are
+    taken in int64 and narrowed only after the shift (they wrapped to int32 before)."""
+    hw = dataclasses.replace(HW, activation_shift=0, weight_bits=16, num_weight_bits_max=16)
+    fan_in = 40000
+    network = integer_network(chain_structure([fan_in, 1]), 2, weights={"d0": np.full((1, fan_in), 65535)}, du=4095,
+                              dv=0, vth=(1 << 17) - 1, bias={"l0": np.zeros(1)}, weight_exp=-8,
+                              sign_mode="excitatory", bits=16, hw=hw)
+    assert (65535 * fan_in) >= 2**31 and (65535 * fan_in) >> 8 == 10239843
+    simulation = _Simulation(network, emulator._NumpyOps())
+    assert simulation.populations["l0"].in_place  # the population itself is within int32
+    spikes = np.ones((1, 2, fan_in), np.uint8)
+    monkeypatch.setattr(emulator, "in_place_lif_applies", lambda *args: False)
+    expected = emulate(network, spikes, backend="numpy").output_spikes
+    monkeypatch.undo()
+    assert expected.tolist() == [[[0], [0]]]  # u takes 10,239,843 > 2^23 each step and wraps negative: no spike
+    for backend in ("numpy", "torch"):
+        assert emulate(network, spikes, backend=backend).output_spikes.tolist() == expected.tolist(), backend

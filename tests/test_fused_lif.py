@@ -120,11 +120,11 @@ def test_empty_batch(path):
     assert torch.equal(bias.grad, torch.zeros(2, 1, 1))
 
 
-@pytest.mark.parametrize("name", SURROGATE_NAMES)
-def test_kernel_surrogates_equal_the_tensor_forms(name):
-    surrogate = Surrogate(name, 0.7)
-    z = np.concatenate([np.linspace(-4, 4, 2001), [-0.35, 0.35, 0.0, -2 / math.sqrt(0.7), 2 / math.sqrt(0.7)]])
-    z = z.astype(np.float32)
+@pytest.mark.parametrize("name,width", list(itertools.product(SURROGATE_NAMES, [0.1, 0.7, 3.0])))
+def test_kernel_surrogates_equal_the_tensor_forms(name, width):
+    surrogate = Surrogate(name, width)
+    edges = [-width / 2, width / 2, 0.0, -2 / math.sqrt(width), 2 / math.sqrt(width), -100.0, 100.0, -1e4, 1e4]
+    z = np.concatenate([np.linspace(-4, 4, 2001), edges]).astype(np.float32)
     kind, width = surrogate.kernel_form()
     out = np.empty_like(z)
     lif_cpu.surrogate_derivative(kind, z, np.float32(width), out)
@@ -164,3 +164,55 @@ def test_training_step_of_a_network_equals_the_reference(path, monkeypatch):
         assert torch.equal(results[0][2][name], results[1][2][name])
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6)
+
+
+def _leak_aware_autograd(current, params):
+    """Lee et al. 2019's neuron as trainer.lee2019 wrote it with autograd before the fused op
+    (d2af615): the leak's gradient unscaled, none through the reset, 1[fired] / Vth per spike."""
+    potential = torch.zeros_like(current[:, 0])
+    fired = torch.zeros_like(potential)
+    spikes, potentials = [], []
+    for t in range(current.shape[1]):
+        kept = potential * (1.0 - fired.detach())
+        leaked = params.tau * kept
+        potential = leaked.detach() + (kept - kept.detach()) + current[:, t]
+        z = potential - params.v_threshold
+        hard = (z >= 0).to(z.dtype)
+        fired = hard.detach() + (z - z.detach()) * hard.detach() / params.v_threshold
+        spikes.append(fired)
+        potentials.append(potential)
+    return torch.stack(spikes, 1), torch.stack(potentials, 1)
+
+
+def test_lee2019_rule_equals_its_autograd_form(path):
+    from trainer.lee2019 import FiredOverThreshold
+    from trainer.neuron import BackwardRule, lif_recurrence
+
+    generator = torch.Generator().manual_seed(11)
+    current = (torch.randn(5, 12, 9, generator=generator) * 0.8).requires_grad_()
+    params = LIFParameters(0.6, 0.5)
+    rule = BackwardRule(FiredOverThreshold(params.v_threshold), leak_gradient=1.0, reset_gradient=False)
+    results = []
+    for run in (lambda: lif_recurrence(current, params, rule), lambda: _leak_aware_autograd(current, params)):
+        spikes, potentials = run()
+        weights = torch.randn(spikes.shape, generator=torch.Generator().manual_seed(2))
+        loss = (spikes * weights).sum() + (potentials * weights).sum() * 0.1
+        results.append((spikes.detach(), potentials.detach(), torch.autograd.grad(loss, current)[0]))
+    assert results[0][0].sum() > 20
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    torch.testing.assert_close(results[0][2], results[1][2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias,match", [(torch.zeros(4, 6), "does not broadcast"), (torch.zeros(7), "does not broadcast"),
+                                        (torch.zeros(6, dtype=torch.float64), "float64")])
+def test_a_bias_the_fused_op_cannot_honour_is_refused(bias, match):
+    with pytest.raises(ValueError, match=match):
+        lif_sequence(torch.zeros(4, 3, 6), LIFParameters(), Surrogate(), bias)
+
+
+def test_a_second_derivative_is_refused(path):
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    spikes, _ = lif_sequence(x, LIFParameters(0.5, 0.2), Surrogate("h3", 1.0))
+    (grad,) = torch.autograd.grad(spikes.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()

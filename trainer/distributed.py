@@ -86,9 +86,9 @@ class DistributedContext:
         except RuntimeError as exc:
             if not self.distributed:
                 raise
-            raise TrainingError(f"process {self.rank} of {self.world_size}: {what} failed; another process ended (its "
-                                "own error says why) or stalled past "
-                                f"{COLLECTIVE_TIMEOUT.total_seconds():.0f} s: {one_line(exc)[:300]}") from exc
+            raise TrainingError(f"process {self.rank} of {self.world_size}: {what} failed (when another process "
+                                "ended, its own error says why; or one stalled past "
+                                f"{COLLECTIVE_TIMEOUT.total_seconds():.0f} s): {one_line(exc)[:300]}") from exc
 
     def barrier(self) -> None:
         """Waits until every process is here (e.g. until rank 0 has written the checkpoint)."""

@@ -78,11 +78,10 @@ def layer_forward(inputs: torch.Tensor, weight: torch.Tensor, params: LIFParamet
     spikes, potentials = [], []
     for t in range(currents.shape[1]):
         out, state = lif_step(currents[:, t], state, params, _NO_SURROGATE, bias)
-        if refractory_steps:
-            held = holding > 0
-            out = out.masked_fill(held, 0.0)
-            state = LIFState(state.potential.masked_fill(held, 0.0), out, state.current)
-            holding = torch.where(out > 0, float(refractory_steps), (holding - 1).clamp(min=0))
+        held = holding > 0
+        out = out.masked_fill(held, 0.0)
+        state = LIFState(state.potential.masked_fill(held, 0.0), out, state.current)
+        holding = torch.where(out > 0, float(refractory_steps), (holding - 1).clamp(min=0))
         spikes.append(out)
         potentials.append(state.potential)
     return torch.stack(spikes, 1), torch.stack(potentials, 1)

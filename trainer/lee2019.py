@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -68,7 +67,7 @@ def leak_correction(spikes: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.where(count > 0, correction, torch.zeros_like(correction))
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class FiredOverThreshold:
     """The paper's spike derivative: 1[fired] / Vth (fired: z = u - Vth >= 0, the graph's rule)."""
 
@@ -164,8 +163,10 @@ def prepare(model: SpikingNetwork, config: Lee2019Config, seed: int) -> None:
 
 
 def draw_dropout_masks(model: SpikingNetwork, batch: int, config: Lee2019Config,
-                       generator: torch.Generator | None) -> None:
-    """One inverted-dropout mask per sample and neuron of each population that drops, for this batch."""
+                       generator: torch.Generator | None, rows: slice = slice(None)) -> None:
+    """One inverted-dropout mask per sample and neuron of each population that drops, drawn for
+    a batch of `batch` samples; the population keeps the masks of `rows` (a data-parallel
+    process draws the whole global batch's masks, the draws one process makes, and keeps its share)."""
     for module in model.nodes.values():
         if isinstance(module, LeakAwarePopulation):
             module.mask = None
@@ -173,7 +174,7 @@ def draw_dropout_masks(model: SpikingNetwork, batch: int, config: Lee2019Config,
         module = model.nodes[lif.name]
         if isinstance(module, LeakAwarePopulation) and module.dropout:
             keep = torch.rand((batch, *lif.shape), generator=generator, device=generator.device if generator else None)
-            module.mask = (keep >= config.dropout).to(torch.float32) / (1.0 - config.dropout)
+            module.mask = ((keep >= config.dropout).to(torch.float32) / (1.0 - config.dropout))[rows]
 
 
 def sum_squared_error(out: NetworkOutput, labels: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ arithmetic is unchanged). The current is not reset by a spike, as on Loihi.
 
 Over time, `lif_sequence` runs the recurrence as one fused operation with its own backward
 pass (`_LIFRecurrence`: the forward in place, without autograd's per-step graph; the backward
-is STBP's equations written out, see `_lif_backward`). `lif_sequence_reference` is the same
+is STBP's equations written out, see `_potential_gradient` and `_current_gradient`). `lif_sequence_reference` is the same
 recurrence stepped with `lif_step` under autograd: the reference the tests compare the fused
 operation with (identical spikes and potentials, gradients within float tolerance).
 
@@ -31,8 +31,9 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
-from netgraph.errors import ConfigError
+from netgraph.errors import ConfigError, UsageError
 from trainer.surrogate import Surrogate, spike
 
 
@@ -169,7 +170,9 @@ def lif_sequence(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`lif_step` over time from a zero state, as one fused operation with STBP's backward pass.
 
-    synaptic_input: (batch, time, ...). bias: broadcastable to one step's input (batch, ...).
+    synaptic_input: (batch, time, ...). bias: a float, or a tensor of the input's dtype
+    broadcastable to one sample's step (the input's shape after (batch, time)): per neuron or
+    per channel, as the network's populations hold it.
     Returns (spikes, potentials), both (batch, time, ...), equal to lif_sequence_reference's.
     """
     return lif_recurrence(synaptic_input, params, stbp_rule(params, surrogate, temporal_gradient), bias)
@@ -178,9 +181,26 @@ def lif_sequence(
 def lif_recurrence(synaptic_input: torch.Tensor, params: LIFParameters, rule: BackwardRule,
                    bias: torch.Tensor | float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused recurrence with any backward rule (training methods other than STBP use it with
-    their own). Shapes as `lif_sequence`; a float bias of 0 adds nothing (as lif_step's)."""
-    bias_tensor = bias if isinstance(bias, torch.Tensor) else synaptic_input.new_full((), float(bias))
-    return _LIFRecurrence.apply(synaptic_input, bias_tensor, params, rule)
+    their own). Shapes and bias as `lif_sequence`."""
+    if not isinstance(bias, torch.Tensor):
+        bias = synaptic_input.new_full((), float(bias))
+    _check_bias(bias, synaptic_input)
+    return _LIFRecurrence.apply(synaptic_input, bias, params, rule)
+
+
+def _check_bias(bias: torch.Tensor, synaptic_input: torch.Tensor) -> None:
+    """The fused op sums the bias's gradient over batch and time and adds it in the input's
+    dtype: a per-sample bias or another dtype would silently differ from lif_step's."""
+    step_shape = tuple(synaptic_input.shape[2:])
+    try:
+        fits = torch.broadcast_shapes(tuple(bias.shape), step_shape) == step_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise UsageError(f"bias of shape {tuple(bias.shape)} does not broadcast to one step of one sample "
+                         f"{step_shape} (the input is (batch, time, ...) {tuple(synaptic_input.shape)})")
+    if bias.dtype != synaptic_input.dtype:
+        raise UsageError(f"bias is {bias.dtype} but the input is {synaptic_input.dtype}; give both one dtype")
 
 
 def _lif_forward(x: torch.Tensor, bias: torch.Tensor, params: LIFParameters) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,9 +339,11 @@ class _LIFRecurrence(torch.autograd.Function):
             spikes = fired.to(x.dtype)
             ctx.save_for_backward(fired, potentials)
         ctx.params, ctx.rule, ctx.bias_shape, ctx.kernels = params, rule, bias.shape, kernels
+        ctx.set_materialize_grads(False)  # an output the loss never reads: None, not a tensor of zeros
         return spikes, potentials
 
     @staticmethod
+    @once_differentiable  # the backward is not itself differentiable: a second derivative is refused
     def backward(ctx, grad_spikes, grad_potentials):  # type: ignore[override]
         spikes_or_fired, potentials = ctx.saved_tensors
         params, rule = ctx.params, ctx.rule

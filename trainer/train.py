@@ -160,16 +160,6 @@ def _train_step(run: _Run, batch: _Batch, epoch: int,
     return loss, out
 
 
-def _global_dropout_masks(model: SpikingNetwork, batch: _Batch, config: RunConfig,
-                          dropout_rng: torch.Generator) -> None:
-    """lee2019's masks, one per sample: drawn for the whole global batch from the epoch's
-    stream (the draws one process makes), then cut to this process's rows."""
-    lee2019.draw_dropout_masks(model, batch.global_size, config.training.lee2019, dropout_rng)
-    for module in model.nodes.values():
-        if isinstance(module, lee2019.LeakAwarePopulation) and module.mask is not None:
-            module.mask = module.mask[batch.rows]
-
-
 def _autograd_gradients_across(run: _Run, batch: _Batch,
                                dropout_rng: torch.Generator) -> tuple[torch.Tensor, NetworkOutput]:
     """The gradient of the global batch's loss by autograd through DistributedDataParallel:
@@ -178,8 +168,8 @@ def _autograd_gradients_across(run: _Run, batch: _Batch,
     processes turns into the global batch's mean (sum), whatever the shares' sizes."""
     config, processes = run.config, run.processes
     summed_loss = config.training.method == "lee2019"
-    if summed_loss:
-        _global_dropout_masks(run.model, batch, config, dropout_rng)
+    if summed_loss:  # the whole global batch's masks, this process's rows kept
+        lee2019.draw_dropout_masks(run.model, batch.global_size, config.training.lee2019, dropout_rng, batch.rows)
     out = run.forward_model(batch.spikes)
     if summed_loss:
         local_sum = lee2019.sum_squared_error(out, batch.labels)
