@@ -911,8 +911,7 @@ def guarded(section: Callable[[], dict]) -> dict:
     """A section's figures, or {'failed': why} (e.g. code being rewritten that does not import)."""
     try:
         return section()
-    except Exception as exc:  # noqa: BLE001
-
+    except Exception as exc:  # noqa: BLE001 - a failing section is reported, the others still run
         traceback.print_exc()
         return {"failed": f"{type(exc).__name__}: {exc}"}
 
@@ -964,7 +963,7 @@ def machine(load_before, load_after) -> dict:
     return info
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--networks", default="large,small",
@@ -998,63 +997,67 @@ def main() -> None:
     args = parser.parse_args()
     args.networks = [parse_network(t.strip()) for t in args.networks.split(",") if t.strip()]
     args.contenders = set(args.contenders.split(",")) if args.contenders else None
-    # torch.compile's cache (read when it compiles) goes to a fresh folder, removed at exit, so
-    # compile times are cold-cache times and nothing is left behind; --compile-cache keeps one.
-    fresh_cache = None
+    return args
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def fresh_compile_cache(args) -> str | None:
+    """torch.compile's cache (read when it compiles) goes to a fresh folder, removed at exit, so
+    compile times are cold-cache times and nothing is left behind; --compile-cache keeps one."""
     if args.compile_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(args.compile_cache).resolve())
     elif "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        fresh_cache = tempfile.mkdtemp(prefix="bench_speed_inductor_")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh_cache
+        fresh = tempfile.mkdtemp(prefix="bench_speed_inductor_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
+        return fresh
+    return None
 
-    def log(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
 
-    load_before = load_average()
-    figures: dict = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "training": [],
-                     "gpu_training": []}
-    started = time.perf_counter()
+def training_section(args, device: torch.device) -> list[dict]:
+    """Section a (or c's training) on `device`: every network's figures, printed as they come."""
+    results = []
+    for spec in args.networks:
+        log(f"training {spec.name} on {device.type} ...")
+        result = guarded(lambda: time_training(spec, device, args, log))
+        results.append(result)
+        print_training(result)
+        if device.type == "cuda" and "failed" not in result:
+            peers = result["contenders"]
+            snn = peers.get("snntorch", {}).get("step_over_ours", {}).get("median")
+            sj = [r["step_over_ours"]["median"] for n, r in peers.items() if n.startswith("spikingjelly")]
+            print(f"   target (GPU): ours >= 2x snnTorch: {snn and f'{snn:.2f}x'}; ours >= SpikingJelly's "
+                  f"fastest backend: {sj and f'{min(sj):.2f}x'}")
+    return results
+
+
+def run_sections(args, figures: dict) -> None:
+    """Sections a and b on the CPU, then c on a GPU when there is one."""
     cpu = torch.device("cpu")
-    try:
-        if not args.skip_training:
-            for spec in args.networks:
-                log(f"training {spec.name} on cpu ...")
-                result = guarded(lambda: time_training(spec, cpu, args, log))
-                figures["training"].append(result)
-                print_training(result)
-        if not args.skip_emulator:
-            log("emulator on cpu ...")
-            figures["emulator"] = guarded(lambda: time_emulator(args, cpu, args.emulator_samples,
-                                                                args.emulator_rounds, args.emulator_batch, log))
-            print_emulator(figures["emulator"])
-        if torch.cuda.is_available() and not args.skip_gpu:
-            gpu = torch.device("cuda")
-            if not args.skip_training:
-                for spec in args.networks:
-                    log(f"training {spec.name} on cuda ...")
-                    result = guarded(lambda: time_training(spec, gpu, args, log))
-                    figures["gpu_training"].append(result)
-                    print_training(result)
-                    if "failed" in result:
-                        continue
-                    peers = result["contenders"]
-                    snn = peers.get("snntorch", {}).get("step_over_ours", {}).get("median")
-                    sj = [r["step_over_ours"]["median"] for n, r in peers.items() if n.startswith("spikingjelly")]
-                    print(f"   target (GPU): ours >= 2x snnTorch: {snn and f'{snn:.2f}x'}; ours >= SpikingJelly's "
-                          f"fastest backend: {sj and f'{min(sj):.2f}x'}")
-            if not args.skip_emulator:
-                log("emulator on cuda, all test images ...")
-                figures["gpu_emulator"] = guarded(lambda: time_emulator(args, gpu, None, args.emulator_rounds,
-                                                                        args.gpu_emulator_batch, log))
-                print_emulator(figures["gpu_emulator"], gpu=True)
-        else:
-            figures["gpu"] = "not run: " + ("--skip-gpu" if args.skip_gpu else "no CUDA device")
-            print(f"\n== GPU: {figures['gpu']} ==")
-    finally:
-        if fresh_cache:
-            shutil.rmtree(fresh_cache, ignore_errors=True)
-    figures["machine"] = machine(load_before, load_average())
-    figures["wall_s"] = round(time.perf_counter() - started, 1)
+    if not args.skip_training:
+        figures["training"] = training_section(args, cpu)
+    if not args.skip_emulator:
+        log("emulator on cpu ...")
+        figures["emulator"] = guarded(lambda: time_emulator(args, cpu, args.emulator_samples, args.emulator_rounds,
+                                                            args.emulator_batch, log))
+        print_emulator(figures["emulator"])
+    if not torch.cuda.is_available() or args.skip_gpu:
+        figures["gpu"] = "not run: " + ("--skip-gpu" if args.skip_gpu else "no CUDA device")
+        print(f"\n== GPU: {figures['gpu']} ==")
+        return
+    gpu = torch.device("cuda")
+    if not args.skip_training:
+        figures["gpu_training"] = training_section(args, gpu)
+    if not args.skip_emulator:
+        log("emulator on cuda, all test images ...")
+        figures["gpu_emulator"] = guarded(lambda: time_emulator(args, gpu, None, args.emulator_rounds,
+                                                                args.gpu_emulator_batch, log))
+        print_emulator(figures["gpu_emulator"], gpu=True)
+
+
+def print_machine(figures: dict) -> None:
     m = figures["machine"]
     v = m["versions"]
     print(f"\n== machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), torch threads "
@@ -1062,6 +1065,23 @@ def main() -> None:
           f"{m['load_average_after']}; python {v.get('python')}, torch {v.get('torch')}, numpy {v.get('numpy')}, "
           f"snntorch {v['snntorch']}, spikingjelly {v['spikingjelly']}, norse {v['norse']}, commit "
           f"{v.get('git_commit')}; wall {figures['wall_s']} s ==")
+
+
+def main() -> None:
+    args = parse_arguments()
+    fresh_cache = fresh_compile_cache(args)
+    load_before = load_average()
+    figures: dict = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "training": [],
+                     "gpu_training": []}
+    started = time.perf_counter()
+    try:
+        run_sections(args, figures)
+    finally:
+        if fresh_cache:
+            shutil.rmtree(fresh_cache, ignore_errors=True)
+    figures["machine"] = machine(load_before, load_average())
+    figures["wall_s"] = round(time.perf_counter() - started, 1)
+    print_machine(figures)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
         print(f"figures written to {args.json}")
