@@ -682,28 +682,6 @@ def print_training(result: dict) -> None:
 
 # ---------------------------------------------------------------- section b: emulator
 
-def emulator_backends() -> tuple[list[str], str]:
-    """The emulator's backend names (its table, and the names its error message offers) and its default."""
-
-    names: list[str] = []
-    for attribute in ("BACKENDS", "EMULATOR_BACKENDS", "_OPS"):
-        value = getattr(emulator, attribute, None)
-        if isinstance(value, (dict, list, tuple)):
-            names += [n for n in value if isinstance(n, str) and n not in names]
-    default = inspect.signature(emulator.emulate).parameters["backend"].default
-    return names or ["numpy", "torch"], default
-
-
-def probe_backend_names(network, spikes) -> list[str]:
-    """Names in the emulator's refusal of an unknown backend ('choose ...')."""
-
-    try:
-        emulate(network, spikes[:1], "__no_such_backend__")
-    except Exception as exc:  # noqa: BLE001
-        return [n for n in re.findall(r"'([A-Za-z0-9_.\-]+)'", str(exc)) if n != "__no_such_backend__"]
-    return []
-
-
 def synapse_weights(network) -> list[tuple[str, np.ndarray]]:
     """(population, effective integer weights (out, in)) of each population's forward synapse."""
 
@@ -792,8 +770,8 @@ class MatmulOnly:
         return one and two
 
 
-def time_emulator(args, device: torch.device, samples: int | None, rounds: int, batch: int, log) -> dict:
-
+def _emulator_inputs(args, samples: int | None):
+    """(network, test split, encoded spikes, encoding seconds), or {'skipped': why}."""
     if not Path(args.checkpoint).is_file():
         return {"skipped": f"checkpoint {args.checkpoint} not found (make it with benchmarks/bench_train_mnist.py)"}
     try:
@@ -803,108 +781,104 @@ def time_emulator(args, device: torch.device, samples: int | None, rounds: int, 
     network, _ = export_checkpoint(args.checkpoint, resolve_hardware_config(args.hw))
     started = time.perf_counter()
     spikes = encode_split(network.encoding, test.inputs, network.time_steps, network.eval_seed)
-    encode_s = time.perf_counter() - started
-    n = len(spikes)
-    listed, default = emulator_backends()
-    names = listed + [b for b in probe_backend_names(network, spikes) if b not in listed]
+    return network, test, spikes, time.perf_counter() - started
+
+
+def _emulate_calls(network, spikes, checked, reference, device: torch.device, batch: int, log) -> tuple:
+    """emulate() with its default and every backend that runs on `device` (numpy only on the
+    CPU), each warmed up and checked spike for spike against `reference` (numpy's on `checked`):
+    (calls by label, agreement, first-call seconds, one run's result or None)."""
     on_gpu = device.type == "cuda"
-    if on_gpu:  # only backends that can run on the GPU
-        names = [b for b in names if b != "numpy"]
-    log(f"  emulator backends: {names} (default {default!r}); {n} samples, batch {batch}")
-
-    def runner(name: str | None, subset: np.ndarray) -> Callable[[], object]:
-        """emulate() with this backend (None: the default) on this device, batch `batch`;
-        the device is passed to every backend but numpy, unless it refuses one."""
-        kwargs: dict = {"batch_size": batch}
-        if name is not None:
-            kwargs["backend"] = name
-        if name not in ("numpy", None) or on_gpu:
-            kwargs["device"] = str(device)
-        try:
-            emulate(network, subset[:1], **kwargs)
-        except Exception as exc:  # noqa: BLE001 - retried without the device; a second failure is raised
-            if "device" not in kwargs:
-                raise
-            log(f"  emulate backend {name!r} refused device={device}: {exc}; called without")
-            del kwargs["device"]
-        return lambda: emulate(network, subset, **kwargs)
-
-    # The spikes every backend must reproduce: numpy's (on a GPU, on the first 1,000 samples only).
-    checked = spikes if not on_gpu else spikes[:1000]
-    reference = emulate(network, checked, "numpy", batch_size=batch)
-    calls: dict[str, Callable[[], object]] = {}
-    agreement: dict[str, object] = {}
-    first_call: dict[str, float] = {}
-    hidden = None
-    layers = synapse_weights(network)
-    for name in ([None] if not on_gpu else []) + names:
-        if not on_gpu and name == default:
-            continue  # the default call is this backend
+    default = inspect.signature(emulate).parameters["backend"].default
+    names = [None] + [b for b in emulator.BACKENDS if b != default] if not on_gpu else \
+        [b for b in emulator.BACKENDS if b != "numpy"]
+    calls, agreement, first_call, sample = {}, {}, {}, None
+    for name in names:
         label = f"emulate default ({default})" if name is None else f"emulate {name}"
+        kwargs = {"batch_size": batch, **({"backend": name} if name else {})}
         if name != "numpy":
             label += f" [{device}]"
+            kwargs["device"] = str(device)
         try:
-            call = runner(name, spikes)
             started = time.perf_counter()
-            result = call()  # warm-up
+            result = emulate(network, spikes, **kwargs)  # the warm-up
             synchronize(device)
             first_call[label] = round(time.perf_counter() - started, 4)
-            check = result if len(checked) == n else runner(name, checked)()
+            check = result if len(checked) == len(spikes) else emulate(network, checked, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a backend that fails is reported
             agreement[label] = f"failed: {type(exc).__name__}: {exc}"
             log(f"  {label}: {agreement[label]}")
             continue
-        agreement[label] = all(np.array_equal(check.population_spikes[k], reference.population_spikes[k])
-                               for k in reference.population_spikes)
-        if getattr(result, "backend", ""):
-            agreement[label] = f"{agreement[label]} (ran: {result.backend})"
-        calls[label] = call
-        if hidden is None:
-            hidden = result.population_spikes[layers[0][0]]
-    if hidden is None:
-        hidden = emulate(network, spikes, "numpy", batch_size=batch).population_spikes[layers[0][0]]
+        same = all(np.array_equal(check.population_spikes[k], v) for k, v in reference.population_spikes.items())
+        agreement[label] = f"{same} (ran: {result.backend})"
+        calls[label] = (lambda kw: lambda: emulate(network, spikes, **kw))(kwargs)
+        sample = sample or result
+    return calls, agreement, first_call, sample
+
+
+def _product_calls(layers, spikes, hidden, batch: int, device: torch.device) -> tuple[dict, str]:
+    """The same network's products alone: fp32 (torch, and numpy on the CPU) and int8."""
     products = MatmulOnly(layers, spikes, hidden, batch, device)
-    calls["fp32 products (torch.mm)"] = products.fp32
-    if not on_gpu:
+    calls = {"fp32 products (torch.mm)": products.fp32}
+    if device.type != "cuda":
         calls["fp32 products (numpy)"] = products.fp32_numpy
-    int8_note = None
-    if products.int8 is not None:
-        try:
-            int8_exact = products.check()
-            calls["int8 products (torch._int_mm)"] = products.int8_mm
-            int8_note = f"weights / 2^{products.int8[2]}, 2^{products.int8[3]}; equal to fp32: {int8_exact}"
-        except Exception as exc:  # noqa: BLE001 - e.g. a device without int8 products
-            int8_note = f"torch._int_mm failed: {type(exc).__name__}: {exc}"
-    else:
-        int8_note = "the effective weights do not fit int8 by a power-of-two scale"
+    if products.int8 is None:
+        return calls, "the effective weights do not fit int8 by a power-of-two scale"
+    try:
+        exact = products.check()
+    except Exception as exc:  # noqa: BLE001 - e.g. a device without int8 products
+        return calls, f"torch._int_mm failed: {type(exc).__name__}: {exc}"
+    calls["int8 products (torch._int_mm)"] = products.int8_mm
+    return calls, f"weights / 2^{products.int8[2]}, 2^{products.int8[3]}; equal to fp32: {exact}"
+
+
+def timed_rounds(calls: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, list]:
+    """Seconds of each call per round, the calls alternating (the order rotates every round)."""
     for call in calls.values():  # warm-up
         call()
     times: dict[str, list[float]] = {k: [] for k in calls}
-    names_in_order = list(calls)
+    order = list(calls)
     for round_index in range(rounds):
-        shift = round_index % len(names_in_order)
-        for name in names_in_order[shift:] + names_in_order[:shift]:
+        shift = round_index % len(order)
+        for name in order[shift:] + order[:shift]:
             synchronize(device)
             started = time.perf_counter()
             calls[name]()
             synchronize(device)
             times[name].append(time.perf_counter() - started)
+    return times
+
+
+def time_emulator(args, device: torch.device, samples: int | None, rounds: int, batch: int, log) -> dict:
+    """Section b (or c's emulator): emulate() beside its network's products alone."""
+    inputs = _emulator_inputs(args, samples)
+    if isinstance(inputs, dict):
+        return inputs
+    network, test, spikes, encode_s = inputs
+    n = len(spikes)
+    log(f"  emulator backends: {list(emulator.BACKENDS)}; {n} samples, batch {batch}")
+    # The spikes every backend must reproduce: numpy's (on a GPU, on the first 1,000 samples only).
+    checked = spikes if device.type != "cuda" else spikes[:1000]
+    reference = emulate(network, checked, "numpy", batch_size=batch)
+    calls, agreement, first_call, sample = _emulate_calls(network, spikes, checked, reference, device, batch, log)
+    layers = synapse_weights(network)
+    sample = sample or emulate(network, spikes, "numpy", batch_size=batch)
+    hidden = sample.population_spikes[layers[0][0]]  # layer 1's spikes, layer 2's products' input
+    products, int8_note = _product_calls(layers, spikes, hidden, batch, device)
+    times = timed_rounds({**calls, **products}, rounds, device)
     fp32, int8 = times["fp32 products (torch.mm)"], times.get("int8 products (torch._int_mm)")
-    rows = {}
-    for name, t in times.items():
-        rows[name] = {"seconds": {k: round(v, 4) for k, v in summary(t).items() if k != "spread"},
-                      "samples_per_s": round(n / statistics.median(t), 1),
-                      "spread": round(summary(t)["spread"], 3),
-                      "over_fp32_products": _ratio(t, fp32),
-                      **({"over_int8_products": _ratio(t, int8)} if int8 else {})}
-    accuracy = float((reference.predictions == test.labels[:len(checked)]).mean())
+    rows = {name: {"seconds": {k: round(v, 4) for k, v in summary(t).items() if k != "spread"},
+                   "samples_per_s": round(n / statistics.median(t), 1), "spread": round(summary(t)["spread"], 3),
+                   "over_fp32_products": _ratio(t, fp32), **({"over_int8_products": _ratio(t, int8)} if int8 else {})}
+            for name, t in times.items()}
     return {"network": "-".join([str(int(np.prod(network.input_shape)))] + [str(p.neurons) for p in
                                                                           network.graph.populations]),
             "time_steps": network.time_steps, "samples": n, "batch": batch, "rounds": rounds, "device": str(device),
-            "hw_config": network.hardware.name, "encode_s": round(encode_s, 2), "emulator_accuracy": accuracy,
-            "accuracy_samples": len(checked),
-            "backends": names, "default_backend": default, "identical_to_numpy": agreement,
-            "int8": int8_note, "first_call_s": first_call, "calls": rows}
+            "hw_config": network.hardware.name, "encode_s": round(encode_s, 2),
+            "emulator_accuracy": float((reference.predictions == test.labels[:len(checked)]).mean()),
+            "accuracy_samples": len(checked), "backends": list(emulator.BACKENDS),
+            "default_backend": inspect.signature(emulate).parameters["backend"].default,
+            "identical_to_numpy": agreement, "int8": int8_note, "first_call_s": first_call, "calls": rows}
 
 
 def guarded(section: Callable[[], dict]) -> dict:

@@ -187,6 +187,9 @@ class _TorchOps:
             target[...] = recorded.cpu().numpy()
 
 
+BACKENDS = ("auto", "numpy", "torch")  # emulate()'s backend names; 'auto' is the default
+
+
 def _backend(name: str, device: str | None):
     """The ops of backend `name`; 'auto': torch (on `device`, else CUDA when present, else the
     CPU), numpy when torch cannot be imported."""
@@ -196,8 +199,8 @@ def _backend(name: str, device: str | None):
         except ImportError:
             return _NumpyOps(device)
         return _TorchOps(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if name not in ("numpy", "torch"):
-        raise UsageError(f"unknown emulator backend {name!r}; choose 'auto', 'numpy' or 'torch'")
+    if name not in BACKENDS:
+        raise UsageError(f"unknown emulator backend {name!r}; choose one of {', '.join(map(repr, BACKENDS))}")
     return _NumpyOps(device) if name == "numpy" else _TorchOps(device)
 
 

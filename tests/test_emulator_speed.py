@@ -310,7 +310,7 @@ def test_potentials_of_a_non_spiking_population_match_the_reference(monkeypatch)
 
 def test_an_unknown_backend_is_refused_naming_the_choices():
     network = integer_network(chain_structure([4, 2]), 2, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="choose 'auto', 'numpy' or 'torch'"):
+    with pytest.raises(ValueError, match="unknown emulator backend 'jax'; choose one of 'auto', 'numpy', 'torch'"):
         emulate(network, np.zeros((1, 2, 4), np.uint8), backend="jax")
 
 
