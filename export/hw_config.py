@@ -98,6 +98,26 @@ class HardwareConfig:
         return -top, 0, step
 
 
+# Lava 0.10.0's bit-accurate LIF and Dense hard-code these (lava/proc/lif/models.py
+# AbstractPyLifModelFixed.__init__, lava/utils/weightutils.py clip_weights(num_bits=8)); a
+# hardware config that says otherwise describes arithmetic Lava's fixed_pt models do not run
+# (the emulator, export.emulator, computes any config).
+LAVA_FIXED_CONSTANTS = {"vth_shift": 6, "activation_shift": 6, "decay_bits": 12, "du_offset": 1,
+                        "dv_offset": 0, "state_bits": 24, "weight_bits": 8}
+
+
+def lava_arithmetic_mismatch(hw: HardwareConfig) -> str | None:
+    """None when Lava 0.10.0's fixed-point models compute `hw`'s arithmetic, else one sentence
+    naming the config and every differing field. The one check `stbp run` (refusal) and
+    `stbp export` (warning) share."""
+    differing = [f"{key} = {getattr(hw, key)} (Lava: {lava})" for key, lava in LAVA_FIXED_CONSTANTS.items()
+                 if getattr(hw, key) != lava]
+    if not differing:
+        return None
+    return (f"hardware config {hw.name!r} differs from what Lava 0.10.0's fixed-point models compute: "
+            + ", ".join(differing))
+
+
 # Bounds of every integer field: wide enough for any Loihi-like chip, narrow enough that the
 # integer step (int64, export.fixed_point) cannot overflow and no value allocates without bound.
 FIELD_RANGES = {

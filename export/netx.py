@@ -56,6 +56,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from export.hw_config import lava_arithmetic_mismatch
 from export.network import ExportedNetwork
 from export.validate import ExportRangeError, validate_network
 from netgraph import LIF, AvgPool2d, Conv2d, Dense, Graph, Output, Sum, Synapse
@@ -64,10 +65,6 @@ from netgraph.provenance import atomic_write, package_versions
 NETX_BIAS_EXP = 6  # netx/hdf5.py get_neuron_params: 'bias_exp': 6 for CUBA neurons
 NETX_WEIGHT_MAX = 254  # never 255 (lava-dl#170); netx also clips mixed-sign weights above 254
 NETX_RESET_OFFSET = 1  # with input from Lava step 1, see the module docstring
-# Lava 0.10.0's fixed-point LIF and Dense, which netx instantiates, hard-code these
-# (lava/proc/lif/models.py AbstractPyLifModelFixed, lava/utils/weightutils.py clip_weights).
-_LAVA_CONSTANTS = {"vth_shift": 6, "activation_shift": 6, "decay_bits": 12, "du_offset": 1, "dv_offset": 0,
-                   "state_bits": 24, "weight_bits": 8}
 _LIF_BIAS_MANT = (-(1 << 12), (1 << 12) - 1)  # Lava LIF bias_mant: int16 with precision 13
 
 
@@ -237,10 +234,9 @@ def check_netx(network: ExportedNetwork) -> list[tuple[Synapse, LIF]]:
     chain = netx_chain(network.graph)  # structure first: an unfolded pool is named as such
     validate_network(network)
     hw = network.hardware
-    differing = [f"{k} = {getattr(hw, k)} (Lava: {v})" for k, v in _LAVA_CONSTANTS.items() if getattr(hw, k) != v]
-    if differing:
-        raise NetxExportError(f"hardware config {hw.name!r} differs from Lava's LIF and Dense, which netx builds: "
-                              + ", ".join(differing))
+    mismatch = lava_arithmetic_mismatch(hw)  # netx builds Lava's own LIF and Dense
+    if mismatch:
+        raise NetxExportError(f"{mismatch}; netx builds those models")
     for synapse, population in chain:
         _check_synapse(synapse)
         _netx_bias(population)

@@ -42,10 +42,10 @@ from export.conv import conv_accumulate
 from export.fixed_point import (FixedLIFParameters, StateBounds, activation_extremes, input_reach, integrator_headroom,
                                 lif_fixed_step, max_input_reach, population_activation_extremes, state_bounds)
 from export.fold import fold_average_pools
-from export.hw_config import HardwareConfig
+from export.hw_config import HardwareConfig, lava_arithmetic_mismatch
 from export.netx import NETX_BIAS_EXP, NETX_WEIGHT_MAX, check_netx
 from export.network import ExportedNetwork
-from export.report import PopulationReport, QuantizationReport, SynapseReport
+from export.report import PopulationReport, QuantizationReport, SynapseReport, resource_totals
 from export.timing import TimingError, deployment_timing
 from export.validate import ExportRangeError, validate_network
 from netgraph import LIF, Conv2d, Edge, Graph, GraphError, Node, QuantizedLIF, QuantizedSynapse
@@ -405,13 +405,15 @@ def quantize_graph(graph: Graph, encoding: str, time_steps: int, eval_seed: int,
     reports = [dataclasses.replace(r, depth=timing.emit[r.name] - timing.emit[deployed.input.name],
                                    synapses=tuple(dataclasses.replace(s, delay=timing.delay[s.name])
                                                   for s in r.synapses)) for r in reports]
-    report = QuantizationReport(hw.name, tuple(reports))
-    if report.total_cores > hw.cores_per_chip:
-        notes.append(f"the network needs about {report.total_cores} cores (conv kernels shared), more than one "
-                     f"{hw.name} chip's {hw.cores_per_chip}")
     notes += [f"population {r.name}: its synapses read more than the {hw.fan_in_axons_per_core} input axons of one "
               "core; the mapper must split it" for r in reports if r.fan_in_exceeds_core]
-    report = dataclasses.replace(report, warnings=tuple(notes))
+    mismatch = lava_arithmetic_mismatch(hw)
+    if mismatch:
+        notes.append(f"{mismatch}; `stbp run` with Lava fixed_pt will refuse this artifact, the emulator backend "
+                     "(--backend emulator) still runs it bit-exactly")
+    # whether the network fits one chip is the report's fit check, on its totals
+    report = QuantizationReport(hw.name, tuple(reports), warnings=tuple(notes),
+                                resources=resource_totals(reports, deployed, hw))
     network = ExportedNetwork(deployed, encoding, time_steps, eval_seed, hw,
                               {**(metadata or {}), "quantization_report": report.to_dict()})
     validate_network(network)

@@ -30,7 +30,6 @@ import numpy as np
 
 from netgraph import predict
 from netgraph.errors import FidelityError
-from netgraph.provenance import atomic_write
 
 BACKENDS = ("trained", "emulator", "lava_fixed", "lava_float")
 REFERENCE = "reference"
@@ -107,6 +106,15 @@ class PairComparison:
 
 
 @dataclass(frozen=True)
+class ChangedPrediction:
+    """A sample on which the backends do not all predict the same class."""
+
+    sample: int
+    label: int
+    predictions: dict[str, int]  # by backend name
+
+
+@dataclass(frozen=True)
 class FidelityReport:
     samples: int
     time_steps: int
@@ -114,6 +122,7 @@ class FidelityReport:
     samples_per_s: dict[str, float]
     pairs: tuple[PairComparison, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
+    changed_predictions: tuple[ChangedPrediction, ...] = ()  # every sample where the backends disagree
 
     def pair(self, reference: str, candidate: str) -> PairComparison | None:
         return next((p for p in self.pairs if (p.reference, p.candidate) == (reference, candidate)), None)
@@ -132,10 +141,15 @@ class FidelityReport:
         return {f"{x}->{y}": 100.0 * (a[y] - a[x]) for x, y in chain if x in a and y in a}
 
     def to_dict(self, max_divergences: int = 100) -> dict[str, Any]:
+        """JSON-ready; each pair's first_divergence list is cut to `max_divergences` entries,
+        with its full length in first_divergence_count and first_divergence_truncated set."""
         out = dataclasses.asdict(self)
         for pair, compared in zip(out["pairs"], self.pairs):
             pair["first_divergence"] = pair["first_divergence"][:max_divergences]
+            pair["first_divergence_count"] = len(compared.first_divergence)
+            pair["first_divergence_truncated"] = len(compared.first_divergence) > max_divergences
             pair["identical"] = compared.identical
+            pair["meaning"] = pair_meaning(compared)
         out["deltas_pp"] = self.deltas()
         out["bit_exact_emulator_vs_lava_fixed"] = self.bit_exact
         return _json_safe(out)
@@ -152,37 +166,75 @@ class FidelityReport:
         lines.append("accuracy deltas: " + ", ".join(f"{k} {v:+.2f} pp" for k, v in self.deltas().items()))
         lines.append("")
         width = max([12] + [len(p.population) + 2 for pair in self.pairs for p in pair.populations])
-        lines.append(f"{'pair':<24}{'population':>{width}}{'train match':>13}{'count r':>9}{'rate ref':>10}"
+        lines.append(f"{'pair':<24}{'population':>{width}}{'trains equal':>14}{'count r':>9}{'rate ref':>10}"
                      f"{'rate cand':>10}{'mismatch':>10}{'samples':>9}")
+        lines.append("(trains equal: share of (sample, neuron) spike trains identical over all steps; rates in "
+                     "spikes/neuron/step; mismatch: differing spikes; samples: samples with any difference)")
         for pair in self.pairs:
-            label = f"{pair.reference} vs {pair.candidate}"
-            for p in pair.populations:
-                if p.population in pair.non_spiking:
-                    lines.append(f"{label:<24}{p.population:>{width}}  never fires (potential readout): "
-                                 f"{p.mismatched_spikes} spikes")
-                    label = ""
-                    continue
-                lines.append(f"{label:<24}{p.population:>{width}}{100 * p.spike_train_match:>12.2f}%"
-                             f"{p.spike_count_correlation:>9.4f}{p.reference_rate:>10.4f}"
-                             f"{p.candidate_rate:>10.4f}{p.mismatched_spikes:>10d}{p.samples_diverging:>9d}")
-                label = ""
-            if pair.output_potential is not None:
-                v = pair.output_potential
-                lines.append(f"{'':<24}output potential: {100 * v.equal:.2f}% of values equal, max |difference| "
-                             f"{v.max_abs_difference:.4g}, rms {v.rms_difference:.4g} (rms of the potential "
-                             f"{v.reference_rms:.4g})")
-            where = ", ".join(f"{k}: {v}" for k, v in pair.divergence_by_population.items()) or "none"
-            lines.append(f"{'':<24}predictions changed: {pair.prediction_changes}; first divergence at {where}")
-            if pair.first_divergence:
-                first = pair.first_divergence[0]
-                lines.append(f"{'':<24}e.g. sample {first.sample}: first differs at {first.population}, "
-                             f"step {first.time_step}")
+            lines.extend(self._pair_lines(pair, width))
+        if self.changed_predictions:
+            lines.append("")
+            lines.append(f"changed predictions ({len(self.changed_predictions)} samples): " + "; ".join(
+                f"sample {c.sample} label {c.label}: " + ", ".join(f"{b} {p}" for b, p in c.predictions.items())
+                for c in self.changed_predictions[:10]) + ("; ... (all in the JSON)" if len(self.changed_predictions) > 10 else ""))
         exact = self.bit_exact
         if exact is not None:
             lines.append("")
             lines.append("emulator == Lava fixed_pt: " + ("bit-exact on every population and sample" if exact else
                          "MISMATCH - a defect (the emulator and Lava's bit-accurate models must agree exactly)"))
         return "\n".join(lines)
+
+    @staticmethod
+    def _pair_lines(pair: PairComparison, width: int) -> list[str]:
+        lines, label = [""], f"{pair.reference} vs {pair.candidate}"
+        for p in pair.populations:
+            if p.population in pair.non_spiking:
+                lines.append(f"{label:<24}{p.population:>{width}}  never fires (potential readout): "
+                             f"{p.mismatched_spikes} spikes")
+            else:
+                lines.append(f"{label:<24}{p.population:>{width}}{100 * p.spike_train_match:>13.2f}%"
+                             f"{p.spike_count_correlation:>9.4f}{p.reference_rate:>10.4f}"
+                             f"{p.candidate_rate:>10.4f}{p.mismatched_spikes:>10d}{p.samples_diverging:>9d}")
+            label = ""
+        if pair.output_potential is not None:
+            v = pair.output_potential
+            lines.append(f"{'':<24}output potential: {100 * v.equal:.2f}% of values equal, max |difference| "
+                         f"{v.max_abs_difference:.4g}, rms {v.rms_difference:.4g} (rms of the potential "
+                         f"{v.reference_rms:.4g})")
+        lines.append(f"{'':<24}predictions changed: {pair.prediction_changes}; {divergence_summary(pair)}")
+        lines.append(f"{'':<24}meaning: {pair_meaning(pair)}")
+        return lines
+
+
+def divergence_summary(pair: PairComparison) -> str:
+    """Where the diverging samples first differ, in words."""
+    if not pair.first_divergence:
+        return "no sample differs in any spike"
+    where = ", ".join(f"{n} {k}" for n, k in pair.divergence_by_population.items())
+    first = pair.first_divergence[0]
+    return (f"{len(pair.first_divergence)} samples differ somewhere; population where each first differs: {where} "
+            f"(e.g. sample {first.sample}: {first.population}, step {first.time_step})")
+
+
+def pair_meaning(pair: PairComparison) -> str:
+    """One plain sentence on what this pair's match rates mean and what is expected of them."""
+    ref, cand = pair.reference, pair.candidate
+    if pair.must_be_identical:
+        verdict = "they do: bit-exact." if pair.identical else "they do NOT: this is a defect, not a tolerance."
+        return (f"{ref} and {cand} run the same integer arithmetic, so every spike must match (100%); " + verdict)
+    if (ref, cand) == ("trained", "emulator"):
+        why = "quantization rounds weights, thresholds and decays to Loihi's integers"
+    elif cand == "lava_float":
+        why = "Lava floating_pt runs the exported parameters in float with its own rounding order and dynamics"
+    elif ref == REFERENCE:
+        why = "the source framework and this toolchain are different implementations"
+    else:
+        why = "the two backends compute differently"
+    if pair.identical:
+        return f"{ref} and {cand} may differ because {why}, but here they agree on every spike (100%)."
+    return (f"{ref} and {cand} are expected to differ because {why}; one changed spike propagates, so many "
+            f"samples diverge (often in the first population) and that is expected: what matters is the "
+            f"accuracy and the number of changed predictions ({pair.prediction_changes} here).")
 
 
 def _json_safe(value):
@@ -281,7 +333,16 @@ def build_report(runs: dict[str, BackendRun], labels: np.ndarray, time_steps: in
     pairs = tuple(compare_pair(runs[a], _recorded_like(runs[b], runs[a]), exact)
                   for a, b, exact in PAIRS if a in runs and b in runs)
     return FidelityReport(len(labels), time_steps, accuracy, {n: r.samples_per_s for n, r in runs.items()},
-                          pairs, metadata or {})
+                          pairs, metadata or {}, changed_predictions(runs, labels))
+
+
+def changed_predictions(runs: dict[str, BackendRun], labels: np.ndarray) -> tuple[ChangedPrediction, ...]:
+    """Every sample on which the backends do not all predict the same class, in sample order."""
+    predictions = {name: np.asarray(run.predictions) for name, run in runs.items()}
+    stacked = np.stack(list(predictions.values()))  # (backends, samples)
+    disagree = np.flatnonzero((stacked != stacked[:1]).any(axis=0))
+    return tuple(ChangedPrediction(int(s), int(labels[s]), {n: int(p[s]) for n, p in predictions.items()})
+                 for s in disagree)
 
 
 def deployed_backend(names) -> str | None:
@@ -312,77 +373,3 @@ def check_gates(report: FidelityReport, max_accuracy_drop: float | None, require
                     f"{deployed} {100 * report.accuracy[deployed]:.2f}% on {report.samples} samples, where one "
                     f"prediction is {100 / report.samples:.2f} pp), more than --max-accuracy-drop {max_accuracy_drop:g}")
     return None
-
-
-def plot_report(report: FidelityReport, runs: dict[str, BackendRun], path, sample: int | None = None) -> int | None:
-    """Saves a PNG: spike rasters of the trained and the deployed network for one sample (the
-    first whose output differs, else sample 0), one row per population, and the mean rates
-    and accuracies of every backend. Returns the sample shown, or None (nothing written)
-    when no deployed backend ran."""
-    deployed = deployed_backend(runs)
-    if deployed is None:
-        return None
-    import matplotlib  # optional and slow to import: only when a plot is asked for
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # (same)
-
-    if sample is None:
-        changed = np.flatnonzero(runs["trained"].predictions != runs[deployed].predictions)
-        sample = int(changed[0]) if len(changed) else 0
-    names = list(runs["trained"].population_spikes)
-    fig, axes = plt.subplots(len(names) + 1, 2, figsize=(12, 2.6 * (len(names) + 1)), squeeze=False)
-    for column, backend in enumerate(("trained", deployed)):
-        other = runs[deployed if column == 0 else "trained"]
-        for row, name in enumerate(names):
-            run = runs[backend]
-            if name == run.output and run.output_potential is not None:  # a non-spiking output: its potential
-                _potentials(axes[row, column], run.output_potential[sample],
-                            f"{backend}, sample {sample}, {name}: potentials (highest at the end wins)")
-                continue
-            _raster(axes[row, column], run.population_spikes[name][sample],
-                    other.population_spikes[name][sample], f"{backend}, sample {sample}, {name} (red: differs)",
-                    "black" if column == 0 else "tab:blue")
-            axes[row, column].set_ylabel(f"{name}\nneuron")
-        axes[len(names) - 1, column].set_xlabel("time step")
-    _rates(axes[len(names), 0], runs, names)
-    acc_ax = axes[len(names), 1]
-    backends = list(report.accuracy)
-    acc_ax.bar(backends, [100 * report.accuracy[n] for n in backends], color="tab:gray")
-    acc_ax.set_ylabel("accuracy (%)")
-    acc_ax.set_ylim(max(0, min(100 * a for a in report.accuracy.values()) - 5), 100)
-    fig.tight_layout()
-    with atomic_write(path) as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
-    return sample
-
-
-def _raster(ax, spikes: np.ndarray, other: np.ndarray, title: str, color: str) -> None:
-    t, n = np.nonzero(spikes)
-    ax.scatter(t, n, s=4, marker="|", color=color)
-    dt, dn = np.nonzero(spikes != other)
-    ax.scatter(dt, dn, s=14, facecolors="none", edgecolors="red", linewidths=0.6)
-    ax.set_xlim(-0.5, spikes.shape[0] - 0.5)
-    ax.set_title(title, fontsize=9)
-
-
-def _potentials(ax, potential: np.ndarray, title: str) -> None:
-    """potential (T, classes) in trained units, one line per output neuron."""
-    for k in range(potential.shape[1]):
-        ax.plot(np.arange(potential.shape[0]), potential[:, k], linewidth=0.9, label=str(k))
-    ax.set_xlim(-0.5, potential.shape[0] - 0.5)
-    ax.set_ylabel("potential")
-    ax.legend(fontsize=6, ncol=5, title="class", title_fontsize=6)
-    ax.set_title(title, fontsize=9)
-
-
-def _rates(ax, runs: dict[str, BackendRun], names: list[str]) -> None:
-    width = 0.8 / max(1, len(runs))
-    for k, (backend, run) in enumerate(runs.items()):
-        rates = [float(run.population_spikes[name].mean()) if name in run.population_spikes else np.nan
-                 for name in names]
-        ax.bar(np.arange(len(names)) + k * width, rates, width, label=backend)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, fontsize=8)
-    ax.set_ylabel("mean spikes / neuron / step")
-    ax.legend(fontsize=8)

@@ -88,6 +88,7 @@ import numpy as np
 from tqdm import tqdm
 
 from export.conv import conv_matrix
+from export.hw_config import lava_arithmetic_mismatch
 from export.network import ExportedNetwork
 from export.timing import DeploymentTiming, deployment_timing
 from export.validate import validate_network
@@ -102,21 +103,13 @@ CONV_MAPPINGS = ("conv", "dense")
 # clamp_precision, utils.signed_clamp); Dense does not wrap.
 CONV_WRAP = 1 << 23
 
-# Lava 0.10.0's bit-accurate LIF and Dense hard-code these (lava/proc/lif/models.py
-# AbstractPyLifModelFixed.__init__, lava/utils/weightutils.py clip_weights(num_bits=8)); a
-# hardware config that says otherwise describes arithmetic Lava does not run.
-LAVA_FIXED_CONSTANTS = {"vth_shift": 6, "activation_shift": 6, "decay_bits": 12, "du_offset": 1,
-                        "dv_offset": 0, "state_bits": 24, "weight_bits": 8}
-
-
 def check_lava_compatible(network: ExportedNetwork) -> None:
-    """Raises ValueError when the artifact's hardware config differs from Lava's constants."""
-    hw = network.hardware
-    differing = {k: (getattr(hw, k), v) for k, v in LAVA_FIXED_CONSTANTS.items() if getattr(hw, k) != v}
-    if differing:
-        raise HardwareConfigError(f"hardware config {hw.name!r} differs from what Lava 0.10.0's fixed-point models compute: "
-                         + ", ".join(f"{k} = {mine} (Lava: {lava})" for k, (mine, lava) in differing.items()))
-
+    """Raises HardwareConfigError when the artifact's hardware config describes arithmetic
+    Lava's fixed-point models do not run (export.hw_config.lava_arithmetic_mismatch)."""
+    mismatch = lava_arithmetic_mismatch(network.hardware)
+    if mismatch:
+        raise HardwareConfigError(f"{mismatch}; Lava fixed_pt cannot run it, the emulator backend can "
+                                  "(--backend emulator)")
 
 
 @dataclass(frozen=True)

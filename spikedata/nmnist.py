@@ -62,15 +62,28 @@ def read_events(path: str | Path) -> np.ndarray:
     return read_mnist_file(str(path), dtype=NMNIST.dtype)
 
 
-def _check_events(events: np.ndarray, where: str) -> None:
-    """N-MNIST's sensor is 34 x 34 with two polarities: a recording outside it is corrupt."""
-    if len(events) and (events["x"].max() >= 34 or events["y"].max() >= 34 or events["p"].max() > 1):
-        raise DataError(f"{where}: events outside the 34x34 sensor or its two polarities (x <= "
-                        f"{events['x'].max()}, y <= {events['y'].max()}): not an N-MNIST recording, or a corrupt one")
+def _check_events(events: np.ndarray, where: str, sensor_size: tuple[int, int, int] = SENSOR_SIZE) -> None:
+    """A recording outside its sensor (N-MNIST's: 34 x 34, two polarities) is corrupt."""
+    width, height, polarities = sensor_size
+    names = events.dtype.names or ()
+    if not len(events):
+        return
+    x_max = int(events["x"].max()) if "x" in names else 0
+    y_max = int(events["y"].max()) if "y" in names else 0
+    p_max = int(events["p"].max()) if "p" in names and polarities > 1 else 0
+    low = min(int(events[f].min()) for f in ("x", "y", "p") if f in names)
+    if x_max >= width or y_max >= height or p_max >= polarities or low < 0:
+        raise DataError(f"{where}: events outside the {width}x{height} sensor or its {polarities} "
+                        f"polarit{'ies' if polarities > 1 else 'y'} (x <= {x_max}, y <= {y_max}): not a recording of "
+                        "this data set, or a corrupt one")
 
 
-def bin_events(events: np.ndarray, time_steps: int, where: str = "events") -> np.ndarray:
-    """Events -> (time_steps, 2, 34, 34) uint8 spike frames (T, polarity, y, x).
+def bin_events(events: np.ndarray, time_steps: int, where: str = "events",
+               sensor_size: tuple[int, int, int] = SENSOR_SIZE) -> np.ndarray:
+    """Events -> (time_steps, polarities, height, width) uint8 spike frames (T, p, y, x);
+    sensor_size is tonic's (width, height, polarities), N-MNIST's (34, 34, 2) by default.
+    Events without a y field (audio: SHD) sit in row 0; a one-polarity sensor puts every
+    event in channel 0 (SHD's events carry p = 1).
 
     The recording's span [t_first, t_last] is cut into `time_steps` equal bins and a pixel
     that saw at least one event of a polarity within a bin spikes once in that frame, as a
@@ -78,14 +91,19 @@ def bin_events(events: np.ndarray, time_steps: int, where: str = "events") -> np
     `ToFrame(n_time_bins=T)` floors the bin width to whole microseconds and uses half-open
     bins, so it silently drops the events at the last timestamp; hence this binning.)
     """
-    _check_events(events, where)
-    frames = np.zeros((time_steps, 2, 34, 34), dtype=np.uint8)
+    _check_events(events, where, sensor_size)
+    width, height, polarities = sensor_size
+    frames = np.zeros((time_steps, polarities, height, width), dtype=np.uint8)
     if len(events) == 0:
         return frames
+    names = events.dtype.names
+    zeros = np.zeros(len(events), dtype=np.int64)
     t = events["t"].astype(np.int64)
     span = int(t.max() - t.min()) + 1
     bins = np.minimum((t - t.min()) * time_steps // span, time_steps - 1)
-    frames[bins, events["p"].astype(np.int64), events["y"].astype(np.int64), events["x"].astype(np.int64)] = 1
+    p = events["p"].astype(np.int64) if "p" in names and polarities > 1 else zeros
+    y = events["y"].astype(np.int64) if "y" in names else zeros
+    frames[bins, p, y, events["x"].astype(np.int64)] = 1
     return frames
 
 

@@ -19,14 +19,16 @@ from export.hw_config import resolve_hardware_config
 from export.quantize import QuantizationWarning
 from export.timing import TimingError, deployment_timing
 from interchange.nir_neurons import DEFAULT_DT, NIR_INTEGRATORS, NIR_NEURONS
-from lava_backend.fidelity import check_gates, plot_report
+from lava_backend.fidelity import check_gates
+from lava_backend.report_html import plot_report, write_fidelity_files
 from lava_backend.runner import run_network
 from netgraph import Graph
-from netgraph.errors import ConfigError, StbpError, Terminated, UsageError, one_line, raise_on_sigterm
-from netgraph.provenance import atomic_files, atomic_write
-from spikedata import DATASETS, load_dataset
+from netgraph.errors import ConfigError, StbpError, Terminated, UsageError, one_line, raise_on_sigterm, shown
+from netgraph.provenance import PACKAGE_NAME, atomic_files, atomic_write, package_versions, read_json
+from spikedata import DATASETS, TONIC_DATASETS, load_dataset
 from stbp_cli.pipeline import (evaluation_spikes, evaluation_split, export_checkpoint, export_nir,
                                import_nir_checkpoint, run_fidelity)
+from trainer.checkpoint import load_checkpoint
 from trainer.config import config_with_overrides, float_only_neuron, load_config
 from trainer.distributed import launched_rank
 from trainer.train import train
@@ -50,22 +52,66 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_progress(p) -> None:
+    """--progress / --no-progress: by default progress bars are shown only when stderr is a
+    terminal (a log file or a pipe would fill with carriage returns); `_resolve_progress`
+    decides, once, for every subcommand."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="force_progress", action="store_true",
+                       help="show progress bars even when stderr is not a terminal")
+    group.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (the default when stderr is not a terminal: a log file or a pipe)")
+
+
+def _resolve_progress(args) -> None:
+    """The one place that decides whether progress bars are drawn: sets args.no_progress,
+    which every subcommand reads."""
+    if not hasattr(args, "no_progress"):
+        return
+    if getattr(args, "force_progress", False):
+        args.no_progress = False
+    elif not args.no_progress:
+        args.no_progress = not _stderr_is_terminal()
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train an STBP network from a YAML run config")
-    p.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    p.add_argument("--config", help="YAML run config (see configs/); with --resume and no --config, the config "
+                                    "stored in the checkpoint")
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--device", help="override training.device: auto, cpu, cuda[:N]")
     p.add_argument("--seed", type=int, help="override seed")
     p.add_argument("--output-dir", help="override output_dir (checkpoint and history go there)")
-    p.add_argument("--data-path", help="override data.path (directory of the data files)")
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue training from this checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--data-path", help="override data.path (the data set's folder, or the .npz file of npz)")
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue training from this checkpoint (with its stored config unless --config is given; a "
+                        "config that would change the run is refused); raise --epochs to train further")
+    _add_progress(p)
     p.set_defaults(handler=_cmd_train)
+
+
+def _run_config(args):
+    """--config, or, with --resume alone, the config stored in that checkpoint (written to the
+    checkpoint's folder unless --output-dir says otherwise)."""
+    if args.config is not None:
+        return load_config(args.config)
+    if args.resume is None:
+        raise UsageError("give --config (a YAML run config, see configs/), or --resume CHECKPOINT to continue with "
+                         "the config stored in it")
+    stored = load_checkpoint(args.resume).config
+    return config_with_overrides(stored, output_dir=str(Path(args.resume).parent))
 
 
 def _cmd_train(args) -> int:
     config = config_with_overrides(
-        load_config(args.config),
+        _run_config(args),
         **{
             "training.epochs": args.epochs,
             "training.device": args.device,
@@ -118,7 +164,8 @@ def _add_export(sub) -> None:
                         "nir: the trained float network as a NIR graph for snnTorch, norse and other NIR tools; "
                         "netx: lava-dl netx HDF5 for a Loihi 2 board (quantized so netx reproduces the emulator; "
                         "plain chains only), with an ONNX artifact of the same integers beside it")
-    p.add_argument("--hw", default="loihi2", help="hardware config: a YAML path or a shipped name (loihi2, loihi1)")
+    p.add_argument("--hw", default="loihi2",
+                   help="hardware config: a YAML path or a shipped name, loihi2 or loihi1 (default: loihi2)")
     p.add_argument("-o", "--output", required=True,
                    help="output path (.onnx, .nir or .net); onnx and netx write the quantization report beside it")
     p.add_argument("--allow-clip", action="store_true",
@@ -126,7 +173,7 @@ def _add_export(sub) -> None:
     p.add_argument("--measure", type=_non_negative_int, default=256, metavar="N",
                    help="onnx, netx: measure each population's quantization error (trained float vs integer, by "
                         "depth) on the first N test samples into the report (default 256; 0: skip)")
-    p.add_argument("--data-path", help="--measure: directory of the data files (default: the training config's)")
+    p.add_argument("--data-path", help="--measure: the data set's folder or .npz file (default: the training config's)")
     p.add_argument("--dt", type=_positive_float, default=DEFAULT_DT,
                    help=f"nir only: seconds per time step the NIR time constants are stated for (default {DEFAULT_DT:g}, "
                         "the step snnTorch's import_from_nir assumes)")
@@ -138,6 +185,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
+    _expect_kind(args.checkpoint, "checkpoint", "`stbp export` takes the trainer checkpoint (.safetensors)")
     if args.format == "nir":
         if Path(args.output).suffix.lower() == ".onnx":
             raise UsageError(f"{args.output}: a NIR file should not be named .onnx (use .nir)")
@@ -227,8 +275,11 @@ def _add_run(sub) -> None:
     p.add_argument("artifact", help="artifact written by `stbp export` (.onnx)")
     p.add_argument("--backend", choices=["fixed_pt", "floating_pt", "emulator"], default="fixed_pt",
                    help="Lava fixed_pt (bit-accurate), Lava floating_pt, or the bit-exact emulator")
-    p.add_argument("--data", help="data set: digits or mnist (default: the one the network was trained on)")
-    p.add_argument("--data-path", help="directory of the data files (mnist)")
+    p.add_argument("--data", help=f"data set: one of {', '.join(DATASETS)}, or tonic:<{'|'.join(TONIC_DATASETS)}> "
+                                  "(default: the one the network was trained on; its inputs must have the shape "
+                                  "the network reads)")
+    p.add_argument("--data-path", help="the data files: mnist's or a tonic data set's folder, or the .npz file of npz "
+                                       "(default: the training config's, for its data set)")
     p.add_argument("--limit", type=_positive_int, help="only the first N test samples")
     p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes (default: one per core, one per 100 samples)")
     _add_lava_conv(p)
@@ -238,11 +289,12 @@ def _add_run(sub) -> None:
     p.add_argument("--save-input-spikes", metavar="NPZ",
                    help="write the encoded input spikes (samples, T, *input_shape) and labels here: run a source "
                         "framework on them and pass its spikes to `stbp compare --reference`")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     p.set_defaults(handler=_cmd_run)
 
 
 def _cmd_run(args) -> int:
+    _expect_kind(args.artifact, "artifact", "`stbp run` takes the artifact `stbp export` writes from it (.onnx)")
     network = load_artifact(args.artifact)
     training_data = network.metadata.get("training_config", {}).get("data")
     training_data = training_data if isinstance(training_data, dict) else {}
@@ -251,7 +303,9 @@ def _cmd_run(args) -> int:
         raise UsageError(f"{args.artifact} does not say which data set it was trained on; pass --data")
     path = args.data_path or (training_data.get("path") if name == training_data.get("name") else None)
     path = path if isinstance(path, str) else None
-    split = evaluation_split(network, name, path, args.limit)
+    dataset = training_data.get("dataset") if name == training_data.get("name") else None  # which tonic data set
+    split = evaluation_split(network, name, path, args.limit, dataset if isinstance(dataset, str) else None)
+    _check_input_shape(args.artifact, network, name, split.inputs.shape[1:], training_data.get("name"))
     spikes = evaluation_spikes(network, split)
     if args.save_input_spikes:
         with atomic_write(args.save_input_spikes) as handle:
@@ -284,11 +338,24 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _check_input_shape(artifact, network, name: str, sample_shape: tuple[int, ...], trained_on) -> None:
+    """One line instead of a shape error deep in a backend when the data set's samples (an
+    image, or an event recording's frames) do not have the shape the network reads."""
+    expected = tuple(int(n) for n in network.input_shape)
+    if tuple(sample_shape[-len(expected):]) == expected:
+        return
+    shown_shape = "x".join(str(n) for n in sample_shape[-len(expected):])
+    hint = f"it was trained on {trained_on}; pass --data {trained_on}" if isinstance(trained_on, str) else \
+        "pass the data set it was trained on with --data"
+    raise UsageError(f"{artifact} expects {'x'.join(map(str, expected))} inputs, but {name} gives {shown_shape} "
+                     f"({hint})")
+
+
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="fidelity harness: trained model vs emulator vs Lava on the same inputs")
     p.add_argument("checkpoint", help="trainer checkpoint (.safetensors)")
     p.add_argument("artifact", help="the artifact exported from that checkpoint (.onnx)")
-    p.add_argument("--data-path", help="directory of the data files (default: the training config's)")
+    p.add_argument("--data-path", help="the data set's folder or .npz file (default: the training config's)")
     p.add_argument("--limit", type=_positive_int, help="only the first N test samples")
     p.add_argument("--backends", default="trained,emulator,lava_fixed,lava_float",
                    help="comma-separated subset of trained,emulator,lava_fixed,lava_float")
@@ -304,7 +371,7 @@ def _add_compare(sub) -> None:
                    help="spikes the source framework recorded on the inputs `stbp run --save-input-spikes` wrote: one "
                         "(samples, T, neurons) array per population (NIR node name, population name or 'output'); "
                         "compared and reported, not gated")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     p.set_defaults(handler=_cmd_compare)
 
 
@@ -314,11 +381,11 @@ def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: 
                                 backends=backends, shards=args.shards, progress=not args.no_progress,
                                 reference=args.reference, conv_mapping=args.lava_conv)
     print(report.format_table())
-    with atomic_write(json_path, "w") as handle:
-        json.dump(report.to_dict(), handle, indent=2)
+    html_path = json_path.with_suffix(".html")  # beside the JSON, written with it as one unit
+    write_fidelity_files(report, runs, json_path, html_path, args.max_accuracy_drop, args.require_bit_exact)
     sample = plot_report(report, runs, plot_path)
     plotted = f"{plot_path} (rasters of sample {sample})" if sample is not None else "none (no deployed backend ran)"
-    print(f"\nreport: {json_path}\nplot:   {plotted}")
+    print(f"\nreport: {json_path}\nhtml:   {html_path}\nplot:   {plotted}")
     reason = check_gates(report, args.max_accuracy_drop, args.require_bit_exact)
     if reason:
         print(f"stbp {args.command}: FAILED: {reason}", file=sys.stderr)
@@ -326,7 +393,40 @@ def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: 
     return 0
 
 
+def _sniffed_kind(path: str | Path) -> str | None:
+    """'checkpoint' for a safetensors file (8-byte header length, then a JSON object),
+    'artifact' for a .onnx name or a protobuf that opens with ONNX's ir_version field,
+    None when unsure or unreadable (the loader then says what is wrong)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return None
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000:
+        return "checkpoint"
+    if Path(path).suffix.lower() == ".onnx" or head[:1] == b"\x08":
+        return "artifact"
+    return None
+
+
+_KIND_WORDS = {"checkpoint": "a checkpoint (safetensors)", "artifact": "an artifact (ONNX)"}
+
+
+def _expect_kind(path: str | Path, expected: str, advice: str) -> None:
+    """Refuses, in one line, a checkpoint given where an artifact is expected or the reverse."""
+    kind = _sniffed_kind(path)
+    if kind is not None and kind != expected:
+        raise UsageError(f"{path} looks like {_KIND_WORDS[kind]}, not {_KIND_WORDS[expected]}; {advice}")
+
+
 def _cmd_compare(args) -> int:
+    swapped = _sniffed_kind(args.checkpoint) == "artifact" and _sniffed_kind(args.artifact) == "checkpoint"
+    if swapped:
+        raise UsageError(f"the arguments are swapped: {args.artifact} looks like {_KIND_WORDS['checkpoint']} and "
+                         f"{args.checkpoint} like {_KIND_WORDS['artifact']}; give the checkpoint (.safetensors) first "
+                         "and the artifact (.onnx) second")
+    _expect_kind(args.checkpoint, "checkpoint", "give the checkpoint (.safetensors) first, the artifact (.onnx) second")
+    _expect_kind(args.artifact, "artifact", "give the checkpoint (.safetensors) first, the artifact (.onnx) second")
     artifact = Path(args.artifact)
     json_path = Path(args.json) if args.json else artifact.with_suffix(".fidelity.json")
     plot_path = Path(args.plot) if args.plot else artifact.with_suffix(".fidelity.png")
@@ -335,14 +435,18 @@ def _cmd_compare(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits: train, export, Lava, compare")
-    p.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "digits_mlp.yaml"))
-    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "digits_mlp.yaml"),
+                   help="YAML run config to train and deploy (default: configs/digits_mlp.yaml, the embedded 8x8 digits)")
+    p.add_argument("--output-dir", default="runs/demo",
+                   help="directory for the checkpoint, net.onnx, the reports and fidelity.png (default: runs/demo)")
     p.add_argument("--epochs", type=int, help="override training.epochs")
-    p.add_argument("--hw", default="loihi2", help="hardware config name or YAML path")
+    p.add_argument("--hw", default="loihi2", help="hardware config name or YAML path (default: loihi2)")
     p.add_argument("--limit", type=_positive_int, help="compare on only the first N test samples")
     p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes")
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PP")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PP",
+                   help="fail (exit 1) if deployed accuracy is more than PP percentage points below trained "
+                        "(default: 1.0); the demo also fails unless the emulator and Lava fixed_pt agree on every spike")
+    _add_progress(p)
     p.set_defaults(handler=_cmd_demo)
 
 
@@ -369,12 +473,110 @@ def _cmd_demo(args) -> int:
     return _compare_and_report(str(checkpoint), artifact, compare_args, out / "fidelity.json", out / "fidelity.png")
 
 
+def _add_plot_history(sub) -> None:
+    p = sub.add_parser("plot-history", help="plot a training run's loss and train/test accuracy per epoch (PNG)")
+    p.add_argument("history", help="a run directory (`stbp train --output-dir`) or its history.json")
+    p.add_argument("-o", "--output", help="PNG to write (default: history.png beside history.json)")
+    p.set_defaults(handler=_cmd_plot_history)
+
+
+_HISTORY_KEYS = ("loss", "train_accuracy", "test_accuracy")
+
+
+def read_history(path: Path) -> list[dict]:
+    """The epochs of a history.json `stbp train` wrote, checked: a non-empty list of objects
+    with an increasing integer 'epoch' and finite 'loss', 'train_accuracy', 'test_accuracy'."""
+    try:
+        records = read_json(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path}: not a history.json `stbp train` writes (not JSON: {one_line(exc)})") from exc
+    if not isinstance(records, list) or not records:
+        raise UsageError(f"{path}: not a history.json `stbp train` writes (expected a non-empty list of epochs)")
+    previous = 0
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise UsageError(f"{path}: entry {index} is not an object with epoch, loss and accuracies")
+        epoch = record.get("epoch")
+        if type(epoch) is not int or epoch <= previous:
+            raise UsageError(f"{path}: entry {index}: 'epoch' must be an integer above the one before, got "
+                             f"{shown(epoch)}")
+        previous = epoch
+        for key in _HISTORY_KEYS:
+            value = record.get(key)
+            if type(value) not in (int, float) or not np.isfinite(value):
+                raise UsageError(f"{path}: entry {index} (epoch {epoch}): {key!r} must be a finite number, got "
+                                 f"{shown(value)}")
+    return records
+
+
+def _cmd_plot_history(args) -> int:
+    source = Path(args.history)
+    path = source / "history.json" if source.is_dir() else source
+    records = read_history(path)
+    output = Path(args.output) if args.output else path.with_name("history.png")
+    plot_history(records, output, title=str(path.parent))
+    print(f"plot: {output} ({len(records)} epochs)")
+    return 0
+
+
+def plot_history(records: list[dict], output: Path, title: str = "") -> None:
+    """Loss and train/test accuracy per epoch, as a PNG written atomically."""
+    import matplotlib  # optional and slow to import: only when a plot is asked for
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # (same)
+    from matplotlib.ticker import MaxNLocator  # (same)
+
+    epochs = [r["epoch"] for r in records]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax.plot(epochs, [r["loss"] for r in records], marker="o", color="tab:red")
+    loss_ax.set_ylabel("training loss")
+    for key, label, color in (("train_accuracy", "train", "tab:blue"), ("test_accuracy", "test", "tab:green")):
+        acc_ax.plot(epochs, [100 * r[key] for r in records], marker="o", label=label, color=color)
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.legend()
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        with atomic_write(output) as handle:
+            fig.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def version_text() -> str:
+    """`stbp --version`: the package's version, then the versions that shape results (the
+    ones every checkpoint and artifact records, netgraph.provenance.package_versions)."""
+    versions = package_versions()
+    own = versions.pop(PACKAGE_NAME, "not installed")
+    versions.pop("platform", None)
+    return f"stbp {own} ({PACKAGE_NAME})\n" + ", ".join(f"{name} {value}" for name, value in versions.items())
+
+
+class _VersionAction(argparse.Action):
+    """Like argparse's 'version' action, but the versions are looked up only when asked for."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stbp",
         description="Train STBP spiking networks, export them to Loihi fixed point, "
         "run them on Lava and check that the deployment matches.",
     )
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version of stbp and of the packages that shape results, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_export(sub)
@@ -382,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_compare(sub)
     _add_demo(sub)
+    _add_plot_history(sub)
     return parser
 
 
@@ -399,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     143 SIGTERM, 129 SIGHUP (after Lava's workers and temporary files are cleaned up). Any other exception
     is a bug and prints its traceback; STBP_DEBUG=1 prints the traceback of every error."""
     args = build_parser().parse_args(argv)
+    _resolve_progress(args)
     debug = os.environ.get("STBP_DEBUG", "") not in ("", "0")
     try:
         with raise_on_sigterm():

@@ -63,7 +63,7 @@ def export_checkpoint(checkpoint_path: str | Path, hw: HardwareConfig, allow_cli
         except DataError as exc:
             report = dataclasses.replace(report, warnings=(*report.warnings, f"quantization error not measured on "
                                                            f"data ({exc}); pass --data-path, or --measure 0"))
-        network = dataclasses.replace(network, metadata={**network.metadata, "quantization_report": report.to_dict()})
+    network = dataclasses.replace(network, metadata={**network.metadata, "quantization_report": report.to_dict()})
     return network, report
 
 
@@ -71,7 +71,7 @@ def measure_layer_errors(checkpoint: Checkpoint, network: ExportedNetwork, repor
                          data_path: str | None) -> QuantizationReport:
     """The report with each population's trained-vs-integer error on `samples` test samples
     (error growth with depth); raises the data set's own error when its files are missing."""
-    split = evaluation_split(network, checkpoint.config.data.name, data_path, samples)
+    split = evaluation_split(network, checkpoint.config.data.name, data_path, samples, checkpoint.config.data.dataset)
     spikes = evaluation_spikes(network, split)
     comparison = compare_pair(trained_run(checkpoint, spikes), emulator_run(network, spikes), False)
     depth = {p.name: p.depth for p in report.populations}
@@ -84,9 +84,11 @@ def measure_layer_errors(checkpoint: Checkpoint, network: ExportedNetwork, repor
                                else potential.rms_difference / max(potential.reference_rms, 1e-300))
 
 
-def evaluation_split(network: ExportedNetwork, name: str, path: str | None, limit: int | None) -> Split:
-    """The test split a network is evaluated on (T frames per event recording)."""
-    return load_dataset(name, path, network.time_steps).test.head(limit)
+def evaluation_split(network: ExportedNetwork, name: str, path: str | None, limit: int | None,
+                     dataset: str | None = None) -> Split:
+    """The test split a network is evaluated on (T frames per event recording); dataset:
+    which tonic data set (data.dataset) for name 'tonic'."""
+    return load_dataset(name, path, network.time_steps, dataset).test.head(limit)
 
 
 def evaluation_spikes(network: ExportedNetwork, split: Split) -> np.ndarray:
@@ -159,7 +161,8 @@ def run_fidelity(checkpoint_path, artifact_path, data_path: str | None = None, l
         raise FidelityError(f"backends must include 'trained' and come from {', '.join(BACKENDS)}; "
                             f"got {', '.join(backends)}")
     data = checkpoint.config.data
-    split = evaluation_split(network, data.name, data_path or data.path, limit if limit is not None else data.test_limit)
+    split = evaluation_split(network, data.name, data_path or data.path, limit if limit is not None else data.test_limit,
+                             data.dataset)
     if len(split.labels) == 0:
         raise FidelityError("no test samples to compare (check --limit and the data set)")
     spikes = evaluation_spikes(network, split)
@@ -173,10 +176,12 @@ def run_fidelity(checkpoint_path, artifact_path, data_path: str | None = None, l
         if name in backends:
             runs[name] = lava_run(network, spikes, mode, shards, progress, conv_mapping)
     metadata = {
-        "checkpoint": str(checkpoint_path), "artifact": str(artifact_path), "dataset": data.name,
+        "checkpoint": str(checkpoint_path), "artifact": str(artifact_path),
+        "dataset": data.name if data.dataset is None else f"{data.name}:{data.dataset}",
         "data_path": data_path or data.path, "eval_seed": network.eval_seed, "hw_config": network.hardware.name,
         "versions": package_versions(), "reference": reference, "origin": checkpoint.origin,
         "lava_conv_mapping": conv_mapping,
+        "population_shapes": {name: list(network.graph.shape_of(name)) for name in runs["trained"].population_spikes},
     }
     return build_report(runs, split.labels, network.time_steps, metadata), runs
 

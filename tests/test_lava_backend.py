@@ -316,6 +316,13 @@ def test_cli_compare_reports_and_gates(trained_digits, tmp_path, capsys):
     assert report["bit_exact_emulator_vs_lava_fixed"] is True
     assert set(report["accuracy"]) == {"trained", "emulator", "lava_fixed", "lava_float"}
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"html:   {tmp_path / 'f.html'}" in out
+    page = (tmp_path / "f.html").read_text()
+    assert "emulator == Lava fixed_pt (bit-exact)" in page and "data:image/png;base64," in page
+    for pair in report["pairs"]:  # the listed changes agree with each pair's own count
+        listed = [c for c in report["changed_predictions"]
+                  if c["predictions"][pair["reference"]] != c["predictions"][pair["candidate"]]]
+        assert len(listed) == pair["prediction_changes"]
     # A gate that cannot hold (deployed must beat trained by 100 pp) fails with exit 1 and one line.
     assert main(common + ["--backends", "trained,emulator", "--max-accuracy-drop", "-100"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -345,7 +352,8 @@ def test_cli_demo_runs_the_whole_pipeline_and_run_reports_accuracy(tmp_path, cap
     for stage in ("[1/3] training", "[2/3] exporting", "[3/3]", "quantization report", "lava_fixed",
                   "emulator == Lava fixed_pt: bit-exact on every population and sample"):
         assert stage in printed
-    assert all((out / name).is_file() for name in ("checkpoint.safetensors", "net.onnx", "fidelity.json", "fidelity.png"))
+    assert all((out / name).is_file() for name in ("checkpoint.safetensors", "net.onnx", "fidelity.json", "fidelity.png",
+                                                      "fidelity.html"))
     assert main(["run", str(out / "net.onnx"), "--limit", "25", "--no-progress",
                  "--save-spikes", str(tmp_path / "spikes.npz")]) == 0
     line = capsys.readouterr().out.strip()

@@ -4,7 +4,6 @@ norse imported and run here spike for spike with their source, and every refusal
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 
 import nir

@@ -16,7 +16,7 @@ from netgraph import READOUTS
 from netgraph.errors import ConfigError, ResourceLimitError, shown
 from netgraph.limits import MAX_DIMENSION, MAX_ELEMENTS, MAX_TIME_STEPS, check_memory, check_time_steps
 from netgraph.yaml_input import read_yaml
-from spikedata import DATASETS
+from spikedata import DATASETS, TONIC_DATASETS
 from trainer.encoding import ENCODINGS
 from trainer.surrogate import SURROGATE_NAMES
 
@@ -137,11 +137,14 @@ def lif_constants(layer: LayerConfig, model: ModelConfig) -> dict[str, float]:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
-    # Directory holding the dataset's files (MNIST idx files); unused for 'digits'.
+    # Directory holding the dataset's files (MNIST idx files, a tonic folder), or the .npz
+    # file of 'npz'; unused for 'digits'.
     path: str | None = None
     # Use only the first N training / test samples (None = all); for quick runs.
     train_limit: int | None = None
     test_limit: int | None = None
+    # Which tonic data set (name 'tonic' only): NMNIST, POKERDVS, DVSGesture or SHD.
+    dataset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)
         raw.pop("source")
+        if raw["data"]["dataset"] is None:  # only tonic's: other configs' dicts stay as they were
+            raw["data"].pop("dataset")
         return raw
 
 
@@ -698,9 +703,16 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
         path=_get(d, "path", w, str, None),
         train_limit=_size(_get(d, "train_limit", w, int, None), MAX_ELEMENTS, f"{w}.train_limit"),
         test_limit=_size(_get(d, "test_limit", w, int, None), MAX_ELEMENTS, f"{w}.test_limit"),
+        dataset=_get(d, "dataset", w, str, None),
     )
-    if data.name in ("mnist", "nmnist") and not data.path:
+    if data.name in ("mnist", "nmnist", "tonic") and not data.path:
         raise ConfigError(f"{w}.path: the {data.name} dataset needs the directory of its files")
+    if data.name == "npz" and not data.path:
+        raise ConfigError(f"{w}.path: the npz dataset needs its .npz file (arrays x_train, y_train, x_test, y_test)")
+    if data.name == "tonic":
+        _choice(data.dataset if data.dataset is not None else "(missing)", TONIC_DATASETS, f"{w}.dataset")
+    elif data.dataset is not None:
+        raise ConfigError(f"{w}.dataset: only the tonic dataset names one (data.name is {data.name!r})")
 
     e = _section(raw, "encoding", source)
     w = f"{source}: encoding"

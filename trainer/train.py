@@ -253,13 +253,14 @@ def _spike_rates(out: NetworkOutput) -> np.ndarray:
 @torch.no_grad()
 def evaluate(
     model: SpikingNetwork, config: RunConfig, split: Split, device: torch.device,
-    batch_size: int = EVAL_BATCH, processes: DistributedContext = SINGLE_PROCESS,
+    batch_size: int = EVAL_BATCH, processes: DistributedContext = SINGLE_PROCESS, progress: bool = False,
 ) -> dict[str, Any]:
     """Test accuracy and mean firing rate per layer on the fixed evaluation encoding. On
     several processes each encodes every chunk of the test set (the same spikes) and runs its
-    share of it; the counts are summed over the processes."""
+    share of it; the counts are summed over the processes. progress: a bar of test samples."""
     model.eval()
     correct, rates = 0, np.zeros(len(model.graph.populations))
+    bar = tqdm(total=len(split.labels), desc="evaluating", unit="sample", disable=not progress, leave=False)
     for window, spikes in iter_encoded_batches(
         config.encoding.kind, split.inputs, config.encoding.time_steps, config.training.eval_seed
     ):
@@ -271,6 +272,8 @@ def evaluate(
             out = method_forward(model, batch, config)
             correct += int((out.predictions == labels).sum())
             rates += _spike_rates(out)
+        bar.update(len(spikes))
+    bar.close()
     if processes.distributed:
         totals = processes.sum_over_processes([correct, *rates])
         correct, rates = int(totals[0]), totals[1:]
@@ -302,7 +305,7 @@ def _compatible_for_resume(saved: RunConfig, requested: RunConfig) -> list[str]:
 
 def _training_data(config: RunConfig) -> tuple[Dataset, tuple[int, ...]]:
     """The configured data set (limits applied) and one sample's input shape at one step."""
-    dataset = load_dataset(config.data.name, config.data.path, config.encoding.time_steps)
+    dataset = load_dataset(config.data.name, config.data.path, config.encoding.time_steps, config.data.dataset)
     dataset = dataclasses.replace(
         dataset,
         train=dataset.train.head(config.data.train_limit),
@@ -505,7 +508,7 @@ def _train(config: RunConfig, resume: str | Path | None, progress: bool, log: Ca
         for group in run.optimizer.param_groups:  # from the epoch alone, so a resumed run continues the schedule
             group["lr"] = epoch_learning_rate(config, epoch)
         record = _train_epoch(run, train_inputs, train_labels, epoch, progress)
-        test = evaluate(run.model, config, dataset.test, processes.device, run.eval_batch, processes)
+        test = evaluate(run.model, config, dataset.test, processes.device, run.eval_batch, processes, progress)
         record = {"epoch": record["epoch"], "loss": record["loss"], "train_accuracy": record["train_accuracy"],
                   "test_accuracy": test["accuracy"], "train_firing_rates": record["train_firing_rates"],
                   "test_firing_rates": test["firing_rates"], "train_samples_per_s": record["train_samples_per_s"]}
