@@ -152,7 +152,7 @@ class FidelityReport:
             pair["meaning"] = pair_meaning(compared)
         out["deltas_pp"] = self.deltas()
         out["bit_exact_emulator_vs_lava_fixed"] = self.bit_exact
-        return _json_safe(out)
+        return json_safe(out)
 
     def format_table(self) -> str:
         lines = [f"fidelity on {self.samples} samples, T = {self.time_steps}", "",
@@ -237,13 +237,14 @@ def pair_meaning(pair: PairComparison) -> str:
             f"accuracy and the number of changed predictions ({pair.prediction_changes} here).")
 
 
-def _json_safe(value):
+def json_safe(value):
+    """value with non-finite floats as None and numpy scalars as Python ones (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value

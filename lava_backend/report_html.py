@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lava_backend.fidelity import (BackendRun, FidelityReport, PairComparison, check_gates, deployed_backend,
+from lava_backend.fidelity import (BackendRun, FidelityReport, PairComparison, check_gates, json_safe, deployed_backend,
                                    divergence_summary, pair_meaning)
 from lava_backend.report_plots import (choose_sample, population_figure, potential_figure,
                                        summary_figure)
@@ -125,7 +125,7 @@ def write_fidelity_files(report: FidelityReport, runs: dict[str, BackendRun], js
     gates = {"require_bit_exact": require_bit_exact, "max_accuracy_drop_pp": max_accuracy_drop,
              "passed": failure is None, "failure": failure}
     with atomic_files([json_path, html_path], "w") as (json_file, html_file):
-        json.dump({**report.to_dict(), "gates": gates}, json_file, indent=2)
+        json.dump({**report.to_dict(), "gates": json_safe(gates)}, json_file, indent=2, allow_nan=False)
         html_file.write(page)
     return sample
 

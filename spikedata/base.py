@@ -31,3 +31,15 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.inputs.shape[1:])
+
+
+def stratified_split(inputs: np.ndarray, labels: np.ndarray, test_fraction: float, seed: int) -> tuple[Split, Split]:
+    """(train, test): round(test_fraction x n) samples of each class (in label order) drawn into
+    the test split with numpy's PCG64 from `seed` (stable across versions, so the same samples
+    are held out on every machine); inputs (N, ...), labels (N,)."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        is_test[rng.permutation(members)[: round(len(members) * test_fraction)]] = True
+    return Split(inputs[~is_test], labels[~is_test]), Split(inputs[is_test], labels[is_test])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
-from spikedata.base import DataError, Dataset, Split
+from spikedata.base import DataError, Dataset, Split, stratified_split
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -31,20 +31,8 @@ def load_digits_dataset() -> Dataset:
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
-    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
-    test_index = []
-    for digit in range(10):
-        members = np.flatnonzero(labels == digit)
-        chosen = rng.permutation(members)[: round(len(members) * DIGITS_TEST_FRACTION)]
-        test_index.extend(chosen.tolist())
-    is_test = np.zeros(len(labels), dtype=bool)
-    is_test[test_index] = True
-    return Dataset(
-        name="digits",
-        train=Split(images[~is_test], labels[~is_test]),
-        test=Split(images[is_test], labels[is_test]),
-        num_classes=10,
-    )
+    train, test = stratified_split(images, labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    return Dataset(name="digits", train=train, test=test, num_classes=10)
 
 
 def _open_maybe_gz(path: Path):

@@ -19,7 +19,7 @@ import numpy as np
 from netgraph.errors import one_line
 from netgraph.limits import check_memory
 from netgraph.provenance import atomic_write
-from spikedata.base import DataError, Dataset, Split
+from spikedata.base import DataError, Dataset, Split, stratified_split
 
 SENSOR_SIZE = (34, 34, 2)  # x, y, polarity
 NMNIST_SPLIT_SEED = 0
@@ -141,13 +141,8 @@ def load_nmnist_dataset(root: str | Path, time_steps: int) -> Dataset:
         test_frames, test_labels = load_nmnist_split(root, False, time_steps)
         train, test = Split(frames.astype(np.float32), labels), Split(test_frames.astype(np.float32), test_labels)
     else:
-        rng = np.random.default_rng(NMNIST_SPLIT_SEED)
-        is_test = np.zeros(len(labels), dtype=bool)
-        for digit in np.unique(labels):
-            members = np.flatnonzero(labels == digit)
-            is_test[rng.permutation(members)[: round(len(members) * NMNIST_TEST_FRACTION)]] = True
-        frames = frames.astype(np.float32)
-        train, test = Split(frames[~is_test], labels[~is_test]), Split(frames[is_test], labels[is_test])
+        train, test = stratified_split(frames.astype(np.float32), labels, NMNIST_TEST_FRACTION,
+                                       NMNIST_SPLIT_SEED)
     return Dataset(name="nmnist", train=train, test=test, num_classes=10)
 
 

@@ -17,6 +17,7 @@ spike trains (N, T, C, H, W) likewise.
 """
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ FRAME_KEYS = ("x_train", "x_test")
 SPIKE_KEYS = ("spikes_train", "spikes_test")
 LABEL_KEYS = ("y_train", "y_test")
 NPZ_KEYS = FRAME_KEYS + SPIKE_KEYS + LABEL_KEYS
+MAX_CLASSES = 1 << 16  # a label beyond is a mistake, not a class count to allocate
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
@@ -49,11 +51,28 @@ def _read(path: Path) -> dict[str, np.ndarray]:
                             f"{', '.join(NPZ_KEYS)}")
         arrays = {}
         for key in data.files:
+            _check_stored_size(path, data, key)
             try:
                 arrays[key] = data[key]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise DataError(f"{path}: array {key} cannot be read ({one_line(exc)}; object arrays are refused)") from exc
     return arrays
+
+
+def _check_stored_size(path: Path, data, key: str) -> None:
+    """Refuses an array whose header declares more than the memory limit, before it is read (a
+    compressed .npz can inflate far beyond its size on disk)."""
+    try:
+        with data.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f".npy format version {version} (numpy.savez writes 1.0 or 2.0)")
+            shape, _, dtype = read_header(member)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: array {key} has no readable header ({one_line(exc)})") from exc
+    check_memory(math.prod(shape) * max(dtype.itemsize, 4), f"{path}: array {key} of shape {shape}")
 
 
 def _inputs(path: Path, key: str, array: np.ndarray, spikes: bool, time_steps: int | None) -> np.ndarray:
@@ -102,6 +121,8 @@ def _labels(path: Path, key: str, array: np.ndarray, samples: int, inputs_key: s
         raise DataError(f"{where} has {len(array)} labels but {inputs_key} has {samples} samples")
     if len(array) and array.min() < 0:
         raise DataError(f"{where} holds label {array.min()}; labels are 0..K-1")
+    if len(array) and array.max() >= MAX_CLASSES:  # before the cast: uint64 past 2^63 would turn negative
+        raise DataError(f"{where} holds label {array.max()}; labels are 0..K-1 with K at most {MAX_CLASSES}")
     return array.astype(np.int64)
 
 
@@ -127,6 +148,10 @@ def load_npz_dataset(path: str | Path, time_steps: int | None = None) -> Dataset
         raise DataError(f"{path}: {input_keys[0]} samples have shape {arrays[input_keys[0]].shape[1:]} but "
                         f"{input_keys[1]} samples {arrays[input_keys[1]].shape[1:]}")
     num_classes = int(train.labels.max()) + 1
+    absent = sorted(set(range(num_classes)) - set(np.unique(train.labels).tolist()))
+    if absent:
+        raise DataError(f"{path}: array y_train has no sample of class(es) {', '.join(map(str, absent[:10]))} "
+                        f"of 0..{num_classes - 1}; labels must be 0..K-1 with every class present")
     if test.labels.max() >= num_classes:
         raise DataError(f"{path}: array y_test holds label {test.labels.max()} but y_train only 0..{num_classes - 1} "
                         "(the classes are those the training labels name)")

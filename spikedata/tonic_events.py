@@ -10,12 +10,13 @@ T frames by the same `bin_events` as N-MNIST (one source of truth for binning).
 
 tonic's own classes download their archive when `_check_exists` fails; here the folder is
 checked first (a missing one is refused with the layout expected) and each class is
-subclassed so that it reads the user's folder as is and can never download. The number of
-classes and the sensor size come from tonic's class. When the test part is absent, the train
+subclassed so that it reads the user's folder as is and can never download. The sensor size
+comes from tonic's class, the number of classes from the data set's definition (_LAYOUT). When the test part is absent, the train
 part is split 80/20, stratified per class with a fixed seed (as N-MNIST's subset is).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -23,12 +24,10 @@ import numpy as np
 
 from netgraph.errors import one_line
 from netgraph.limits import check_memory
-from spikedata.base import DataError, Dataset, Split
-from spikedata.nmnist import bin_events, load_nmnist_dataset
+from spikedata.base import DataError, Dataset, Split, stratified_split
+from spikedata.nmnist import NMNIST_SPLIT_SEED, NMNIST_TEST_FRACTION, bin_events, load_nmnist_dataset
 
 TONIC_DATASETS = ("NMNIST", "POKERDVS", "DVSGesture", "SHD")
-SPLIT_SEED = 0
-TEST_FRACTION = 0.2
 
 # dataset -> (train part, test part, how each part looks, file pattern inside a part, number of classes)
 _LAYOUT = {
@@ -75,11 +74,13 @@ def _read_part(name: str, root: Path, part: str, train: bool, time_steps: int) -
     cls = _local_class(name, root)
     try:
         dataset = cls(save_to=str(root), train=train)
+        _sort_by_file(dataset)
         count = len(dataset)
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{root / part}: cannot be read as {name} ({one_line(exc)})") from exc
     width, height, polarities = cls.sensor_size
-    check_memory(count * time_steps * polarities * height * width * (1 + 4),
+    # uint8 frames, their float32 copy, and a float32 split of that when the test part is held out
+    check_memory(count * time_steps * polarities * height * width * (1 + 4 + 4),
                  f"{root / part}: {count} {name} samples of {time_steps} time bins (encoding.time_steps)")
     frames = np.empty((count, time_steps, polarities, height, width), dtype=np.uint8)
     labels = np.empty(count, dtype=np.int64)
@@ -95,6 +96,17 @@ def _read_part(name: str, root: Path, part: str, train: bool, time_steps: int) -
     return frames, labels
 
 
+def _sort_by_file(dataset) -> None:
+    """Orders the samples of a data set that lists them by file (DVSGesture) by path: tonic
+    keeps the file system's walk order, which differs between copies of the same folder, and
+    the held-out 20% must not."""
+    files, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
+    if isinstance(files, list) and isinstance(targets, list) and len(files) == len(targets) \
+            and all(isinstance(f, (str, os.PathLike)) for f in files):
+        order = sorted(range(len(files)), key=lambda i: str(files[i]))
+        dataset.data, dataset.targets = [files[i] for i in order], [targets[i] for i in order]
+
+
 def _recording_files(name: str, folder: Path, dataset) -> list[str]:
     """Each sample's file, for error messages (tonic keeps DVSGesture's paths; POKERDVS's
     arrays are loaded, in the order of the same walk)."""
@@ -103,15 +115,6 @@ def _recording_files(name: str, folder: Path, dataset) -> list[str]:
                 for file in sorted(files) if file.endswith("npy")]
     files = getattr(dataset, "data", None)
     return [str(f) for f in files] if name == "DVSGesture" and isinstance(files, list) else []
-
-
-def _split(frames: np.ndarray, labels: np.ndarray) -> tuple[Split, Split]:
-    rng = np.random.default_rng(SPLIT_SEED)
-    is_test = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        is_test[rng.permutation(members)[: round(len(members) * TEST_FRACTION)]] = True
-    return Split(frames[~is_test], labels[~is_test]), Split(frames[is_test], labels[is_test])
 
 
 def load_tonic_dataset(dataset: str | None, root: str | Path | None, time_steps: int | None) -> Dataset:
@@ -126,7 +129,7 @@ def load_tonic_dataset(dataset: str | None, root: str | Path | None, time_steps:
     if not root.is_dir():
         raise DataError(f"tonic {dataset} folder not found: {root}")
     if dataset == "NMNIST":
-        return dataclass_renamed(load_nmnist_dataset(root, time_steps), "tonic:NMNIST")
+        return dataclasses.replace(load_nmnist_dataset(root, time_steps), name="tonic:NMNIST")
     train_part, test_part, looks, pattern, num_classes = _LAYOUT[dataset]
     if not _present(root, train_part, pattern):
         raise DataError(f"{root}: no {dataset} training data: expected {root / train_part}"
@@ -139,15 +142,13 @@ def load_tonic_dataset(dataset: str | None, root: str | Path | None, time_steps:
         test_frames, test_labels = _read_part(dataset, root, test_part, False, time_steps)
         train, test = Split(frames.astype(np.float32), labels), Split(test_frames.astype(np.float32), test_labels)
     else:
-        train, test = _split(frames.astype(np.float32), labels)
+        train, test = stratified_split(frames.astype(np.float32), labels, NMNIST_TEST_FRACTION,
+                                       NMNIST_SPLIT_SEED)
     if len(test.labels) == 0:
         raise DataError(f"{root}: too few {dataset} samples in {train_part} to hold out a test set (20% per class); "
                         f"add {test_part}")
     for split in (train, test):
-        if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
-            raise DataError(f"{root}: {dataset} label {split.labels.max()} outside 0..{num_classes - 1}")
+        outside = split.labels[(split.labels < 0) | (split.labels >= num_classes)]
+        if len(outside):
+            raise DataError(f"{root}: {dataset} label {outside[0]} outside 0..{num_classes - 1}")
     return Dataset(name=f"tonic:{dataset}", train=train, test=test, num_classes=num_classes)
-
-
-def dataclass_renamed(dataset: Dataset, name: str) -> Dataset:
-    return Dataset(name=name, train=dataset.train, test=dataset.test, num_classes=dataset.num_classes)

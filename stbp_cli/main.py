@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -152,6 +153,15 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not (np.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _percentage_points(text: str) -> float:
+    """A gate's threshold in percentage points, finite (nan would make every comparison false and
+    inf would hold always: gates that never fail)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of percentage points, got {text}")
     return value
 
 
@@ -363,7 +373,7 @@ def _add_compare(sub) -> None:
     _add_lava_conv(p)
     p.add_argument("--json", help="write the full report here (default: beside the artifact)")
     p.add_argument("--plot", help="write the raster/rate plot here (default: beside the artifact)")
-    p.add_argument("--max-accuracy-drop", type=float, metavar="PP",
+    p.add_argument("--max-accuracy-drop", type=_percentage_points, metavar="PP",
                    help="fail (exit 1) if deployed accuracy is more than PP percentage points below trained")
     p.add_argument("--require-bit-exact", action="store_true",
                    help="fail (exit 1) unless the emulator and Lava fixed_pt agree on every spike")
@@ -382,6 +392,9 @@ def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: 
                                 reference=args.reference, conv_mapping=args.lava_conv)
     print(report.format_table())
     html_path = json_path.with_suffix(".html")  # beside the JSON, written with it as one unit
+    if len({json_path.resolve(), html_path.resolve(), plot_path.resolve()}) < 3:
+        raise UsageError(f"the JSON report {json_path}, the HTML report {html_path} (the JSON's name with .html) and "
+                         f"the plot {plot_path} must be three different files (--json, --plot)")
     write_fidelity_files(report, runs, json_path, html_path, args.max_accuracy_drop, args.require_bit_exact)
     sample = plot_report(report, runs, plot_path)
     plotted = f"{plot_path} (rasters of sample {sample})" if sample is not None else "none (no deployed backend ran)"
@@ -438,12 +451,13 @@ def _add_demo(sub) -> None:
     p.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "configs" / "digits_mlp.yaml"),
                    help="YAML run config to train and deploy (default: configs/digits_mlp.yaml, the embedded 8x8 digits)")
     p.add_argument("--output-dir", default="runs/demo",
-                   help="directory for the checkpoint, net.onnx, the reports and fidelity.png (default: runs/demo)")
+                   help="directory for the checkpoint, net.onnx, the quantization report and fidelity.json, "
+                        ".html and .png (default: runs/demo)")
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--hw", default="loihi2", help="hardware config name or YAML path (default: loihi2)")
     p.add_argument("--limit", type=_positive_int, help="compare on only the first N test samples")
     p.add_argument("--shards", type=_positive_int, help="parallel Lava runtimes")
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PP",
+    p.add_argument("--max-accuracy-drop", type=_percentage_points, default=1.0, metavar="PP",
                    help="fail (exit 1) if deployed accuracy is more than PP percentage points below trained "
                         "(default: 1.0); the demo also fails unless the emulator and Lava fixed_pt agree on every spike")
     _add_progress(p)
@@ -503,10 +517,20 @@ def read_history(path: Path) -> list[dict]:
         previous = epoch
         for key in _HISTORY_KEYS:
             value = record.get(key)
-            if type(value) not in (int, float) or not np.isfinite(value):
+            if not _finite_number(value):
                 raise UsageError(f"{path}: entry {index} (epoch {epoch}): {key!r} must be a finite number, got "
                                  f"{shown(value)}")
     return records
+
+
+def _finite_number(value) -> bool:
+    """A JSON number that is finite as a float (an integer of 400 digits is not: float() overflows)."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _cmd_plot_history(args) -> int:
@@ -521,7 +545,7 @@ def _cmd_plot_history(args) -> int:
 
 def plot_history(records: list[dict], output: Path, title: str = "") -> None:
     """Loss and train/test accuracy per epoch, as a PNG written atomically."""
-    import matplotlib  # optional and slow to import: only when a plot is asked for
+    import matplotlib  # slow to import: only when a plot is asked for
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # (same)

@@ -120,7 +120,9 @@ def test_plot_history_writes_a_png_and_refuses_a_malformed_history(trained, tmp_
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
     bad = tmp_path / "history.json"
     for text, words in (("{not json", "not JSON"), ("[]", "non-empty list"),
-                        ('[{"epoch": 1, "loss": 0.1, "train_accuracy": 0.5}]', "'test_accuracy' must be a finite")):
+                        ('[{"epoch": 1, "loss": 0.1, "train_accuracy": 0.5}]', "'test_accuracy' must be a finite"),
+                        ('[{"epoch": 1, "loss": 1' + "0" * 400 + ', "train_accuracy": 0.5, "test_accuracy": 0.5}]',
+                         "'loss' must be a finite")):
         bad.write_text(text)
         refused = stbp("plot-history", str(bad))
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and words in refused.stderr, refused.stderr
