@@ -197,10 +197,7 @@ class FidelityReport:
                              f"{p.candidate_rate:>10.4f}{p.mismatched_spikes:>10d}{p.samples_diverging:>9d}")
             label = ""
         if pair.output_potential is not None:
-            v = pair.output_potential
-            lines.append(f"{'':<24}output potential: {100 * v.equal:.2f}% of values equal, max |difference| "
-                         f"{v.max_abs_difference:.4g}, rms {v.rms_difference:.4g} (rms of the potential "
-                         f"{v.reference_rms:.4g})")
+            lines.append(f"{'':<24}output potential: {potential_summary(pair.output_potential)}")
         lines.append(f"{'':<24}predictions changed: {pair.prediction_changes}; {divergence_summary(pair)}")
         lines.append(f"{'':<24}meaning: {pair_meaning(pair)}")
         return lines
@@ -235,6 +232,12 @@ def pair_meaning(pair: PairComparison) -> str:
     return (f"{ref} and {cand} are expected to differ because {why}; one changed spike propagates, so many "
             f"samples diverge (often in the first population) and that is expected: what matters is the "
             f"accuracy and the number of changed predictions ({pair.prediction_changes} here).")
+
+
+def potential_summary(v) -> str:
+    """One line on how a pair's output potentials agree (the table's and the HTML report's)."""
+    return (f"{100 * v.equal:.2f}% of values equal, max |difference| {v.max_abs_difference:.4g}, rms "
+            f"{v.rms_difference:.4g} (rms of the potential {v.reference_rms:.4g})")
 
 
 def json_safe(value):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lava_backend.fidelity import (BackendRun, FidelityReport, PairComparison, check_gates, json_safe, deployed_backend,
-                                   divergence_summary, pair_meaning)
+from lava_backend.fidelity import (BackendRun, FidelityReport, PairComparison, check_gates, deployed_backend, json_safe,
+                                   divergence_summary, pair_meaning, potential_summary)
 from lava_backend.report_plots import (choose_sample, population_figure, potential_figure,
                                        summary_figure)
 from netgraph.provenance import atomic_files, atomic_write
@@ -199,9 +199,7 @@ def _pair_table(pair: PairComparison) -> str:
                     f"<td>{p.samples_diverging}</td><td>{pair.divergence_by_population.get(p.population, 0)}</td></tr>")
     potential = ""
     if pair.output_potential is not None:
-        v = pair.output_potential
-        potential = (f"<p>Output potential: {100 * v.equal:.2f}% of values equal, max |difference| "
-                     f"{v.max_abs_difference:.4g}, rms {v.rms_difference:.4g} (rms of the potential {v.reference_rms:.4g}).</p>")
+        potential = f"<p>Output potential: {_e(potential_summary(pair.output_potential))}.</p>"
     head = (f"<tr><th class='l'>population</th><th>trains equal</th><th>count r</th><th>rate {_e(pair.reference)}</th>"
             f"<th>rate {_e(pair.candidate)}</th><th>spikes differing</th><th>samples differing</th>"
             f"<th>samples first differing here</th></tr>")
