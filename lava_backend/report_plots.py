@@ -96,8 +96,11 @@ def summary_figure(plt, accuracy: dict[str, float], runs, names: list[str]):
     for k, (backend, run) in enumerate(runs.items()):
         rates = [float(run.population_spikes[n].mean()) if n in run.population_spikes else math.nan for n in names]
         bars = rate_ax.bar(np.arange(len(names)) + k * width, rates, width, label=backend)
-        rate_ax.bar_label(bars, labels=[f"{r:.3f}" if math.isfinite(r) else "" for r in rates], fontsize=6)
-    rate_ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, fontsize=8)
+        # upright labels overlap once the bars get narrow (many populations x backends)
+        rate_ax.bar_label(bars, labels=[f"{r:.3f}" if math.isfinite(r) else "" for r in rates], fontsize=6,
+                          rotation=90 if len(names) * len(runs) > 12 else 0, padding=2)
+    rate_ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, fontsize=8,
+                       rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
     rate_ax.set_ylabel("mean spikes / neuron / step")
     rate_ax.set_title("spike rate per population", fontsize=9)
     rate_ax.margins(y=0.15)
