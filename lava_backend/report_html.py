@@ -34,7 +34,8 @@ td.diff{background:#ffe3c2;font-weight:bold} img{max-width:100%} figcaption{colo
 
 @dataclass
 class ReportFigures:
-    """The figures of one sample: `panels` is a list of (caption, matplotlib figure)."""
+    """The figures of one sample: `panels` is a list of (caption, PNG bytes), each figure drawn
+    and rendered once for both the HTML report and the stacked PNG."""
 
     sample: int
     reason: str
@@ -44,8 +45,8 @@ class ReportFigures:
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (imported here: optional and slow)."""
-    import matplotlib  # optional dependency, imported on use
+    """matplotlib.pyplot on the file-only Agg backend (imported here: slow to import)."""
+    import matplotlib  # slow to import: only when a report is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # (same)
@@ -60,9 +61,10 @@ def report_figures(report: FidelityReport, runs: dict[str, BackendRun], sample: 
     if deployed is None or "trained" not in runs:
         return None
     plt = pyplot()
-    labels = {c.sample: c.label for c in report.changed_predictions}
-    chosen, reason = choose_sample(runs, "trained", deployed, labels)
-    if sample is not None:
+    if sample is None:
+        labels = {c.sample: c.label for c in report.changed_predictions}
+        chosen, reason = choose_sample(runs, "trained", deployed, labels)
+    else:
         chosen, reason = sample, f"sample {sample} was asked for"
     shapes = report.metadata.get("population_shapes", {})
     ref, dep = runs["trained"], runs[deployed]
@@ -76,10 +78,18 @@ def report_figures(report: FidelityReport, runs: dict[str, BackendRun], sample: 
             figure = population_figure(plt, name, shape, ref.population_spikes[name][chosen],
                                        dep.population_spikes[name][chosen], ("trained", deployed),
                                        name == ref.output, chosen)
-        panels.append((f"population {name}", figure))
+        panels.append((f"population {name}", _png(plt, figure)))
     panels.append(("accuracy and spike rates on all samples",
-                   summary_figure(plt, report.accuracy, runs, list(ref.population_spikes))))
+                   _png(plt, summary_figure(plt, report.accuracy, runs, list(ref.population_spikes)))))
     return ReportFigures(chosen, reason, "trained", deployed, panels)
+
+
+def _png(plt, figure) -> bytes:
+    """The figure as PNG bytes (90 dpi); the figure is closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def gate_rows(report: FidelityReport, max_accuracy_drop: float | None, require_bit_exact: bool) -> list[tuple]:
@@ -106,9 +116,10 @@ def gate_rows(report: FidelityReport, max_accuracy_drop: float | None, require_b
 
 
 def render_html(report: FidelityReport, runs: dict[str, BackendRun], max_accuracy_drop: float | None,
-                require_bit_exact: bool) -> tuple[str, int | None]:
-    """The whole page and the sample its plots show (None when no deployed backend ran)."""
-    figures = report_figures(report, runs)
+                require_bit_exact: bool, figures: ReportFigures | None = None) -> tuple[str, int | None]:
+    """The whole page and the sample its plots show (None when no deployed backend ran);
+    `figures`: report_figures' result when the caller already drew them."""
+    figures = figures or report_figures(report, runs)
     parts = [_header(report), _verdict(report, max_accuracy_drop, require_bit_exact), _populations(report),
              _changed(report), _plots(figures)]
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(_title(report))}</title>"
@@ -117,16 +128,20 @@ def render_html(report: FidelityReport, runs: dict[str, BackendRun], max_accurac
 
 
 def write_fidelity_files(report: FidelityReport, runs: dict[str, BackendRun], json_path, html_path,
-                         max_accuracy_drop: float | None, require_bit_exact: bool) -> int | None:
-    """Writes the JSON report and the HTML report as one unit (both or neither); returns the
-    sample the HTML plots show."""
-    page, sample = render_html(report, runs, max_accuracy_drop, require_bit_exact)
+                         max_accuracy_drop: float | None, require_bit_exact: bool, plot_path=None) -> int | None:
+    """Writes the JSON report and the HTML report as one unit (both or neither), then, with
+    `plot_path`, the same figures stacked in one PNG (nothing when no deployed backend ran);
+    returns the sample the plots show, or None."""
+    figures = report_figures(report, runs)
+    page, sample = render_html(report, runs, max_accuracy_drop, require_bit_exact, figures)
     failure = check_gates(report, max_accuracy_drop, require_bit_exact)
     gates = {"require_bit_exact": require_bit_exact, "max_accuracy_drop_pp": max_accuracy_drop,
              "passed": failure is None, "failure": failure}
     with atomic_files([json_path, html_path], "w") as (json_file, html_file):
         json.dump({**report.to_dict(), "gates": json_safe(gates)}, json_file, indent=2, allow_nan=False)
         html_file.write(page)
+    if plot_path is not None and figures is not None:
+        _write_stacked_png(report, figures, plot_path)
     return sample
 
 
@@ -227,44 +242,27 @@ def _changed(report: FidelityReport) -> str:
 def _plots(figures: ReportFigures | None) -> str:
     if figures is None:
         return "<h2>Plots</h2><p>None: no deployed backend (emulator, lava_fixed or lava_float) ran.</p>"
-    plt = pyplot()
     parts = [f"<h2>Plots of sample {figures.sample}</h2><p>Why this sample: {_e(figures.reason)}.</p>"
              f"<p>Left: the {_e(figures.reference)} network's spikes. Right: the {_e(figures.deployed)} network's: "
              f"black ticks fired in both, orange triangles are extra spikes (only {_e(figures.deployed)}), red "
              f"squares are missing spikes (only {_e(figures.reference)}).</p>"]
-    for caption, figure in figures.panels:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=90)
-        plt.close(figure)
-        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    for caption, png in figures.panels:
+        data = base64.b64encode(png).decode("ascii")
         parts.append(f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{_e(caption)}</figcaption></figure>")
     return "".join(parts)
 
 
-def plot_report(report: FidelityReport, runs: dict[str, BackendRun], path, sample: int | None = None) -> int | None:
-    """Saves a PNG: the report's figures (lava_backend.report_plots) stacked: per population,
-    rasters of the trained and the deployed network for one sample (the first whose
-    prediction changed, else the first whose spikes differ, else sample 0) with extra and
-    missing spikes marked, then labelled accuracies and rates. Returns the sample shown, or
-    None (nothing written) when no deployed backend ran."""
-    figures = report_figures(report, runs, sample)
-    if figures is None:
-        return None
+def _write_stacked_png(report: FidelityReport, figures: ReportFigures, path) -> None:
+    """One PNG (atomically): a title line naming checkpoint, artifact, sample count, bit-exactness
+    and why this sample, above the report's panels."""
     plt = pyplot()
-    title = plt.figure(figsize=(12, 0.7))  # what the PNG shows, and why this sample
+    title = plt.figure(figsize=(12, 0.7))
     title.text(0.01, 0.65, f"Fidelity: {report.metadata.get('checkpoint', '?')} -> {report.metadata.get('artifact', '?')}"
                f", {report.samples} samples, T = {report.time_steps}, bit-exact: {report.bit_exact}", fontsize=10)
     title.text(0.01, 0.2, figures.reason, fontsize=9)
-    images = []
-    for _, figure in [("title", title)] + figures.panels:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=90)
-        plt.close(figure)
-        buffer.seek(0)
-        images.append(plt.imread(buffer))
+    images = [plt.imread(io.BytesIO(png)) for png in [_png(plt, title)] + [png for _, png in figures.panels]]
     width = max(image.shape[1] for image in images)
     padded = [np.pad(im, ((0, 0), (0, width - im.shape[1]), (0, 0)), constant_values=1.0) for im in images]
     with atomic_write(path) as handle:
         plt.imsave(handle, np.concatenate(padded), format="png")
-    return figures.sample

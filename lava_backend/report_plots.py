@@ -1,7 +1,7 @@
 """Figures of a fidelity report: spike rasters of one sample that tell extra spikes from
-missing ones, and labelled accuracy and rate bars. Used by `report_html.plot_report` (the PNG)
-and `report_html` (the HTML report's embedded images). matplotlib is imported by the
-callers' entry points only (optional, slow to import); this module takes a ready pyplot.
+missing ones, and labelled accuracy and rate bars. Used by `report_html` (the HTML report's
+embedded images and the stacked PNG), which draws each figure once. matplotlib is imported by
+the caller only (slow to import); this module takes a ready pyplot.
 """
 from __future__ import annotations
 

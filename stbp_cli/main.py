@@ -21,7 +21,7 @@ from export.quantize import QuantizationWarning
 from export.timing import TimingError, deployment_timing
 from interchange.nir_neurons import DEFAULT_DT, NIR_INTEGRATORS, NIR_NEURONS
 from lava_backend.fidelity import check_gates
-from lava_backend.report_html import plot_report, write_fidelity_files
+from lava_backend.report_html import pyplot, write_fidelity_files
 from lava_backend.runner import run_network
 from netgraph import Graph
 from netgraph.errors import ConfigError, StbpError, Terminated, UsageError, one_line, raise_on_sigterm, shown
@@ -395,8 +395,8 @@ def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: 
     if len({json_path.resolve(), html_path.resolve(), plot_path.resolve()}) < 3:
         raise UsageError(f"the JSON report {json_path}, the HTML report {html_path} (the JSON's name with .html) and "
                          f"the plot {plot_path} must be three different files (--json, --plot)")
-    write_fidelity_files(report, runs, json_path, html_path, args.max_accuracy_drop, args.require_bit_exact)
-    sample = plot_report(report, runs, plot_path)
+    sample = write_fidelity_files(report, runs, json_path, html_path, args.max_accuracy_drop, args.require_bit_exact,
+                                  plot_path)
     plotted = f"{plot_path} (rasters of sample {sample})" if sample is not None else "none (no deployed backend ran)"
     print(f"\nreport: {json_path}\nhtml:   {html_path}\nplot:   {plotted}")
     reason = check_gates(report, args.max_accuracy_drop, args.require_bit_exact)
@@ -545,11 +545,9 @@ def _cmd_plot_history(args) -> int:
 
 def plot_history(records: list[dict], output: Path, title: str = "") -> None:
     """Loss and train/test accuracy per epoch, as a PNG written atomically."""
-    import matplotlib  # slow to import: only when a plot is asked for
+    from matplotlib.ticker import MaxNLocator  # slow to import: only when a plot is asked for
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # (same)
-    from matplotlib.ticker import MaxNLocator  # (same)
+    plt = pyplot()
 
     epochs = [r["epoch"] for r in records]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
