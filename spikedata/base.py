@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -43,3 +45,31 @@ def stratified_split(inputs: np.ndarray, labels: np.ndarray, test_fraction: floa
         members = np.flatnonzero(labels == label)
         is_test[rng.permutation(members)[: round(len(members) * test_fraction)]] = True
     return Split(inputs[~is_test], labels[~is_test]), Split(inputs[is_test], labels[is_test])
+
+
+def local_tonic_class(name: str, root: Path, exists: Callable[[object], bool], missing: str):
+    """tonic.datasets.<name> reading the folder `root` as is and never downloading: tonic's own
+    class fetches its archive when its existence check fails; here `exists(dataset)` is that
+    check and a download raises DataError(`missing`). Construct with save_to=str(root)."""
+    import tonic.datasets  # tonic imports torch (~3 s): only when an event data set is read
+
+    class Local(getattr(tonic.datasets, name)):
+        @property
+        def location_on_system(self) -> str:
+            return str(root)
+
+        @location_on_system.setter
+        def location_on_system(self, _value) -> None:
+            pass  # tonic appends its class name to save_to; the user's folder is used as is
+
+        def _check_exists(self) -> bool:
+            return exists(self)
+
+        def download(self) -> None:
+            raise DataError(missing)
+
+        def _copy_and_extract_local_data(self) -> None:
+            self.download()
+
+    Local.__name__ = Local.__qualname__ = f"Local{name}"
+    return Local

@@ -6,7 +6,7 @@ microseconds, with y = 240 marking a timestamp overflow. tonic reads the files
 (`tonic.datasets.NMNIST`, `tonic.io.read_mnist_file`); `bin_events` bins them into a
 fixed number of frames without losing an event; nothing is ever downloaded:
 tonic's own class would fetch the archive when it does not find all 60,000 files, so
-`LocalNMNIST` replaces its existence check and download with a plain folder check.
+`spikedata.base.local_tonic_class` replaces its existence check and download with a plain folder check.
 
 `write_nmnist_file` writes the same format, for tests and for users' own recordings.
 """
@@ -19,39 +19,11 @@ import numpy as np
 from netgraph.errors import one_line
 from netgraph.limits import check_memory
 from netgraph.provenance import atomic_write
-from spikedata.base import DataError, Dataset, Split, stratified_split
+from spikedata.base import DataError, Dataset, Split, local_tonic_class, stratified_split
 
 SENSOR_SIZE = (34, 34, 2)  # x, y, polarity
 NMNIST_SPLIT_SEED = 0
 NMNIST_TEST_FRACTION = 0.2
-
-
-def _tonic_nmnist():
-    from tonic.datasets import NMNIST  # tonic imports torch (~3 s): only when N-MNIST is read
-
-    class LocalNMNIST(NMNIST):
-        """tonic's NMNIST reading `root/<Train|Test>/<digit>/*.bin`; never downloads."""
-
-        def __init__(self, root: str | Path, train: bool = True, **kwargs):
-            self._root = Path(root)
-            super().__init__(save_to=str(root), train=train, **kwargs)
-
-        @property
-        def location_on_system(self) -> str:
-            return str(self._root)
-
-        @location_on_system.setter
-        def location_on_system(self, _value) -> None:
-            pass  # tonic appends its class name to save_to; the user's folder is used as is
-
-        def _check_exists(self) -> bool:
-            return any((self._root / self.folder_name).glob("*/*.bin"))
-
-        def download(self) -> None:
-            raise DataError(f"N-MNIST files not found in {self._root / self.folder_name} "
-                            "(expected <digit>/*.bin; nothing is downloaded)")
-
-    return LocalNMNIST
 
 
 def read_events(path: str | Path) -> np.ndarray:
@@ -109,7 +81,11 @@ def bin_events(events: np.ndarray, time_steps: int, where: str = "events",
 
 def load_nmnist_split(root: str | Path, train: bool, time_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """All samples of ROOT/Train (train=True) or ROOT/Test as (frames (N, T, 2, 34, 34) uint8, labels)."""
-    dataset = _tonic_nmnist()(root, train=train)
+    root = Path(root)
+    local = local_tonic_class("NMNIST", root, lambda d: any((root / d.folder_name).glob("*/*.bin")),
+                              f"N-MNIST files not found in {root / ('Train' if train else 'Test')} "
+                              "(expected <digit>/*.bin; nothing is downloaded)")
+    dataset = local(save_to=str(root), train=train)
     check_memory(len(dataset) * time_steps * 2 * 34 * 34 * (1 + 4),  # uint8 frames, then their float32 copy
                  f"{root}: {len(dataset)} N-MNIST samples of {time_steps} time bins (encoding.time_steps)")
     frames = np.empty((len(dataset), time_steps, 2, 34, 34), dtype=np.uint8)

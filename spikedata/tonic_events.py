@@ -24,7 +24,7 @@ import numpy as np
 
 from netgraph.errors import one_line
 from netgraph.limits import check_memory
-from spikedata.base import DataError, Dataset, Split, stratified_split
+from spikedata.base import DataError, Dataset, Split, local_tonic_class, stratified_split
 from spikedata.nmnist import NMNIST_SPLIT_SEED, NMNIST_TEST_FRACTION, bin_events, load_nmnist_dataset
 
 TONIC_DATASETS = ("NMNIST", "POKERDVS", "DVSGesture", "SHD")
@@ -42,36 +42,9 @@ def _present(root: Path, part: str, pattern: str | None) -> bool:
     return where.is_file() if pattern is None else where.is_dir() and any(where.glob(pattern))
 
 
-def _local_class(name: str, root: Path):
-    """tonic's class for `name`, reading `root` as is and never downloading."""
-    import tonic.datasets  # tonic imports torch (~3 s): only when an event data set is read
-
-    base = getattr(tonic.datasets, name)
-
-    class Local(base):
-        @property
-        def location_on_system(self) -> str:
-            return str(root)
-
-        @location_on_system.setter
-        def location_on_system(self, _value) -> None:
-            pass  # tonic appends its class name to save_to; the user's folder is used as is
-
-        def _check_exists(self) -> bool:
-            return True  # checked before construction (_present)
-
-        def download(self) -> None:
-            raise DataError(f"{name} files not found in {root} (nothing is downloaded)")
-
-        def _copy_and_extract_local_data(self) -> None:
-            self.download()
-
-    Local.__name__ = Local.__qualname__ = f"Local{name}"
-    return Local
-
-
 def _read_part(name: str, root: Path, part: str, train: bool, time_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    cls = _local_class(name, root)
+    cls = local_tonic_class(name, root, lambda _dataset: True,  # checked before construction (_present)
+                            f"{name} files not found in {root} (nothing is downloaded)")
     try:
         dataset = cls(save_to=str(root), train=train)
         _sort_by_file(dataset)
