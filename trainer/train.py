@@ -107,9 +107,9 @@ class _Run:
 class _Batch:
     """This process's part of one global batch of `global_size` samples: spikes (n, T, ...)
     and labels (n,) of its `local_size` samples, the global batch's `rows` (on one process,
-    the whole batch). A process whose share is empty (a last batch smaller than the process
-    count) holds the batch's first sample as a stand-in, which it runs with weight 0
-    (DistributedDataParallel needs every process's backward)."""
+    the whole batch). A share may be empty (a last batch smaller than the process count): the
+    process still runs its forward and backward on no samples, which DistributedDataParallel
+    needs of every process (its gradients are zeros)."""
 
     spikes: torch.Tensor
     labels: torch.Tensor
@@ -175,10 +175,10 @@ def _autograd_gradients_across(run: _Run, batch: _Batch,
         local_sum = lee2019.sum_squared_error(out, batch.labels)
     else:
         local_sum = loss_fn(config.training.loss, out, batch.labels, run.num_classes, reduction="sum")
-    weight = (processes.world_size / (1 if summed_loss else batch.global_size)) if batch.local_size else 0.0
+    weight = processes.world_size / (1 if summed_loss else batch.global_size)
     with processes.exchange("the backward pass (DDP sums the gradients over the processes in it)"):
         (local_sum * weight).backward()
-    total = processes.sum_over_processes([float(local_sum.detach()) if batch.local_size else 0.0])[0]
+    total = processes.sum_over_processes([float(local_sum.detach())])[0]
     return torch.tensor(total if summed_loss else total / batch.global_size), out
 
 
@@ -384,9 +384,7 @@ def _epoch_streams(config: RunConfig, epoch: int, n_train: int, device: torch.de
 def _local_batch(run: _Run, spikes: torch.Tensor, labels: torch.Tensor) -> _Batch:
     """This process's share of a global batch (spikes (B, T, ...), labels (B,)), see _Batch."""
     share = run.processes.share(len(labels))
-    local_size = share.stop - share.start
-    rows = share if local_size else slice(0, 1)
-    return _Batch(spikes[rows], labels[rows], len(labels), local_size, rows)
+    return _Batch(spikes[share], labels[share], len(labels), share.stop - share.start, share)
 
 
 def _train_epoch(run: _Run, inputs: torch.Tensor, labels: torch.Tensor, epoch: int, progress: bool) -> dict[str, Any]:
