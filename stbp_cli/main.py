@@ -386,15 +386,15 @@ def _add_compare(sub) -> None:
 
 
 def _compare_and_report(checkpoint, artifact, args, json_path: Path, plot_path: Path) -> int:
+    html_path = json_path.with_suffix(".html")  # beside the JSON, written with it as one unit
+    if len({json_path.resolve(), html_path.resolve(), plot_path.resolve()}) < 3:  # before any backend runs
+        raise UsageError(f"the JSON report {json_path}, the HTML report {html_path} (the JSON's name with .html) and "
+                         f"the plot {plot_path} must be three different files (--json, --plot)")
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     report, runs = run_fidelity(checkpoint, artifact, data_path=args.data_path, limit=args.limit,
                                 backends=backends, shards=args.shards, progress=not args.no_progress,
                                 reference=args.reference, conv_mapping=args.lava_conv)
     print(report.format_table())
-    html_path = json_path.with_suffix(".html")  # beside the JSON, written with it as one unit
-    if len({json_path.resolve(), html_path.resolve(), plot_path.resolve()}) < 3:
-        raise UsageError(f"the JSON report {json_path}, the HTML report {html_path} (the JSON's name with .html) and "
-                         f"the plot {plot_path} must be three different files (--json, --plot)")
     sample = write_fidelity_files(report, runs, json_path, html_path, args.max_accuracy_drop, args.require_bit_exact,
                                   plot_path)
     plotted = f"{plot_path} (rasters of sample {sample})" if sample is not None else "none (no deployed backend ran)"

@@ -127,3 +127,16 @@ def test_plot_history_writes_a_png_and_refuses_a_malformed_history(trained, tmp_
         refused = stbp("plot-history", str(bad))
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and words in refused.stderr, refused.stderr
     assert not (tmp_path / "history.png").exists()
+
+
+def test_report_paths_and_gate_thresholds_a_run_cannot_honour_are_refused_first(trained, tmp_path):
+    """A non-finite threshold makes a gate that never fails; report files that coincide would
+    overwrite each other. Both are refused in one line before any backend runs."""
+    common = ["compare", str(trained["checkpoint"]), str(trained["artifact"]), "--backends", "trained,emulator"]
+    for value in ("nan", "inf"):
+        refused = stbp(*common, "--max-accuracy-drop", value)
+        assert refused.returncode == 2 and "must be a finite number of percentage points" in refused.stderr
+    refused = stbp(*common, "--json", str(tmp_path / "r.html"))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "must be three different files" in refused.stderr and "r.html" in refused.stderr
+    assert list(tmp_path.iterdir()) == [] and "fidelity on" not in refused.stdout  # nothing ran, nothing written
