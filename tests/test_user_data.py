@@ -56,16 +56,22 @@ def write_config(path, data: dict, kind: str, time_steps: int, units: int, outpu
 
 
 def train_export_compare(tmp_path, config, capsys) -> dict:
-    """`stbp train`, `stbp export --measure`, `stbp compare` (trained vs emulator); the report."""
+    """`stbp train`, `stbp export --measure`, `stbp compare` (trained, emulator and Lava fixed_pt,
+    which must agree with the emulator on every spike); the report."""
+    pytest.importorskip("lava", reason="Lava fixed_pt needs lava-nc (Python 3.10, `pip install -e .[lava]`)")
     out = tmp_path / "run"
     assert main(["train", "--config", str(config), "--no-progress"]) == 0
     assert "test accuracy" in capsys.readouterr().out
     checkpoint, artifact = out / "checkpoint.safetensors", out / "net.onnx"
     assert main(["export", str(checkpoint), "-o", str(artifact), "--measure", "8"]) == 0
-    assert main(["compare", str(checkpoint), str(artifact), "--backends", "trained,emulator",
-                 "--no-progress"]) == 0
+    assert main(["compare", str(checkpoint), str(artifact), "--backends", "trained,emulator,lava_fixed",
+                 "--require-bit-exact", "--no-progress"]) == 0
     capsys.readouterr()
-    return json.loads(artifact.with_suffix(".fidelity.json").read_text())
+    report = json.loads(artifact.with_suffix(".fidelity.json").read_text())
+    (pair,) = [p for p in report["pairs"] if (p["reference"], p["candidate"]) == ("emulator", "lava_fixed")]
+    assert all(population["mismatched_spikes"] == 0 for population in pair["populations"])
+    assert len(pair["populations"]) == 2  # both layers compared
+    return report
 
 
 def accuracy_of(report: dict, backend: str) -> float:
